@@ -1,0 +1,3 @@
+from udi.cli import main
+
+raise SystemExit(main())

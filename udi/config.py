@@ -1,0 +1,217 @@
+"""Configuration: defaults, then a YAML file, then ``key=value`` overrides.
+
+A config is a nested dict. ``DEFAULTS`` names every key that exists; a YAML
+file or an override that names an unknown key is an error (a typo must not be
+silently ignored). Values from the command line are parsed as YAML scalars, so
+``train.lr=1e-3`` is a float and ``views.shift=false`` a bool.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "method": "udi",  # udi | dino
+    "data": {
+        "name": None,  # built-in: scenes | mnist5k | digits
+        "path": None,  # a folder of images (ImageFolder layout or flat/recursive)
+        "canvas_size": 256,  # folders: every image is resized to this square canvas
+        "scenes_size": 32,
+        "scenes_num_images": None,  # None: 10000 train / 2000 val
+        "num_workers": 2,
+        "max_fail_fraction": 0.01,
+    },
+    "model": {
+        "arch": "vit_small",
+        "patch_size": 16,
+        "drop_path_rate": 0.1,
+        "embed_dim": None,  # None: the preset's
+        "depth": None,
+        "num_heads": None,
+    },
+    "head": {
+        "out_dim": 65536,
+        "hidden_dim": 2048,
+        "bottleneck_dim": 256,
+        "nlayers": 3,
+        "norm_last_layer": False,
+        "shared": True,  # one head for cls, cls+ and patch (False: separate heads, ablation)
+    },
+    "views": {
+        "global_size": 224,
+        "local_size": 96,
+        "n_local": 10,
+        "global_scale": [0.25, 1.0],
+        "local_scale": [0.05, 0.25],
+        "global_window": 3,
+        "local_window": 2,
+        "srs_mode": "random",  # random | uniform | dense
+        "shift": True,
+        "photometric": True,
+    },
+    "udi": {
+        "extra_token": True,  # the second class token [cls+] and its level
+        "patch_level": True,  # the SRS patch level
+        "alpha": 0.5,  # weight of the patch profile in the [cls+] target
+        "srs_heads": None,  # None: the backbone's number of heads
+    },
+    "loss": {
+        "student_temp": 0.1,
+        "teacher_temp": 0.07,
+        "warmup_teacher_temp": 0.04,
+        "warmup_teacher_temp_epochs": 30,
+        "center_momentum": 0.9,
+    },
+    "optim": {
+        "lr": 5e-4,  # per 256 images of global batch
+        "min_lr": 1e-5,
+        "warmup_epochs": 10,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.1,
+        "momentum_teacher": 0.996,
+        "clip_grad": 3.0,
+        "freeze_last_layer": 1,  # epochs
+    },
+    "train": {
+        "batch_size": 64,  # per process
+        "epochs": 100,
+        "max_steps": None,  # stop after this many optimiser steps in total
+        "seed": 0,
+        "device": "auto",  # auto | cpu | cuda
+        "precision": "fp32",  # fp32 | bf16 | fp16
+        "compile": False,
+        "checkpoint_every": 500,  # steps; also at each epoch end
+        "log_every": 10,
+        "progress": True,
+    },
+    "eval": {
+        "knn_k": [10, 20, 100, 200],
+        "knn_temperature": 0.07,
+        "image_size": None,  # None: views.global_size
+        "batch_size": 256,
+    },
+}
+
+CHOICES = {
+    "method": ("udi", "dino"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "views.srs_mode": ("random", "uniform", "dense"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that names an unknown key or a bad value."""
+
+
+def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{source}: unknown config key '{dotted}'")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' must be a mapping of keys, got {value!r}")
+            _merge(base[key], value, source, dotted + ".")
+        else:
+            base[key] = value
+
+
+def set_key(cfg: dict, dotted: str, value: Any, source: str = "override") -> None:
+    """Set ``cfg['a']['b'] = value`` for ``dotted == 'a.b'``; the key must exist."""
+    node = cfg
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"{source}: unknown config key '{dotted}'")
+        node = node[part]
+    if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+        raise ConfigError(f"{source}: unknown config key '{dotted}'")
+    node[parts[-1]] = value
+
+
+def get_key(cfg: dict, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "views.shift=false"]`` -> ``{"train.lr": 0.001, ...}``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
+    """Defaults, then the YAML file at ``path``, then the overrides; validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        _merge(cfg, loaded, str(path))
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for key, value in (overrides or {}).items():
+        set_key(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    for key, allowed in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}")
+    data = cfg["data"]
+    if (data["name"] is None) == (data["path"] is None):
+        raise ConfigError("set exactly one of 'data.name' (a built-in data set) or 'data.path' (a folder)")
+    for key in ("train.batch_size", "train.epochs", "train.checkpoint_every", "train.log_every"):
+        value = get_key(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"'{key}' must be a positive integer; got {value!r}")
+    max_steps = cfg["train"]["max_steps"]
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ConfigError(f"'train.max_steps' must be a positive integer or null; got {max_steps!r}")
+    views = cfg["views"]
+    for key in ("global_size", "local_size"):
+        if views[key] % cfg["model"]["patch_size"]:
+            raise ConfigError(
+                f"'views.{key}' ({views[key]}) must be divisible by 'model.patch_size' ({cfg['model']['patch_size']})"
+            )
+    if not 0.0 <= cfg["udi"]["alpha"] <= 1.0:
+        raise ConfigError(f"'udi.alpha' must lie in [0, 1]; got {cfg['udi']['alpha']}")
+
+
+def dump_config(cfg: dict, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def config_dir() -> Path:
+    """The shipped ``configs/`` folder (repository root)."""
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path as given, or the name of a shipped config (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (config_dir() / name_or_path, config_dir() / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in config_dir().glob("*.yaml"))
+    raise ConfigError(f"config not found: {name_or_path} (shipped configs: {', '.join(shipped)})")

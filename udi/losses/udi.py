@@ -1,0 +1,157 @@
+"""UDI loss: three levels of self-distillation sharing one head (METHODS.md section 3).
+
+Notation: B images, L local views, V = 2 + L student views, Sg / Sl sampled
+points of a global / local view, K head output dimension. Student views are
+view-major (rows [vB:(v+1)B] are view v; views 0 and 1 are the global views).
+
+- cls:   H(P_t(cls of v'), P_s(cls of u)) for every student view u and teacher global view v' != u.
+- cls+:  H(P_t(t+(u, v')), P_s(cls+ of u)) with the multimodal target, blended in logit space,
+         ``t+ = alpha * mean_valid_i T_patch(v', point i of u) + (1 - alpha) * T_cls(v')``.
+- patch: H(P_t(T_patch(v', i)), P_s(SRS_student(u, i))) over valid points, global student views only.
+
+Each level is ``(2 * global_part + 2L * local_part) / (2 + 2L)``; the total is the mean of
+the active levels. With the extra token and the patch level off, this is the DINO loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from udi.losses.distill import soft_cross_entropy, teacher_probs, update_center
+
+
+@dataclass
+class StudentLogits:
+    cls: torch.Tensor  # (V*B, K)
+    cls_plus: torch.Tensor | None = None  # (V*B, K)
+    patch: torch.Tensor | None = None  # (2, B, Sg, K): SRS logits at the student's own points of global view u
+
+
+@dataclass
+class TeacherLogits:
+    cls: torch.Tensor  # (2*B, K)
+    patch_global: torch.Tensor | None = None  # (2, B, Sg, K): [u] = at points of student view u, read on teacher view 1-u
+    patch_local: torch.Tensor | None = None  # (L, 2, B, Sl, K): [j, v] = at points of local j, read on teacher view v
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(..., S, K), (..., S) -> (..., K) = sum_i w_i x_i / sum_i w_i (zeros where sum w = 0)."""
+    summed = torch.matmul(weights.to(values.dtype).unsqueeze(-2), values).squeeze(-2).float()
+    return summed / weights.float().sum(-1, keepdim=True).clamp(min=1.0)
+
+
+class UDILoss(nn.Module):
+    """UDI's three-level loss; the three centres are registered buffers.
+
+    Args:
+        out_dim: K.
+        n_local: L, local views per image.
+        extra_token: the [cls+] level is on.
+        patch_level: the patch level is on.
+        alpha: weight of the patch profile in the [cls+] target.
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        n_local: int,
+        extra_token: bool = True,
+        patch_level: bool = True,
+        alpha: float = 0.5,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ):
+        super().__init__()
+        self.n_local = n_local
+        self.extra_token = extra_token
+        self.patch_level = patch_level
+        self.alpha = alpha
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center_cls", torch.zeros(1, out_dim))
+        self.register_buffer("center_cls_plus", torch.zeros(1, out_dim))
+        self.register_buffer("center_patch", torch.zeros(1, out_dim))
+
+    @property
+    def needs_teacher_patches(self) -> bool:
+        return self.extra_token or self.patch_level
+
+    def _combine(self, global_part: torch.Tensor, local_part: torch.Tensor | None) -> torch.Tensor:
+        if local_part is None:
+            return global_part
+        n_local = self.n_local
+        return (2 * global_part + 2 * n_local * local_part) / (2 + 2 * n_local)
+
+    def forward(
+        self,
+        student: StudentLogits,
+        teacher: TeacherLogits,
+        valid_global: torch.Tensor | None,
+        valid_local: torch.Tensor | None,
+        teacher_temp: float,
+    ) -> dict[str, torch.Tensor]:
+        """Returns ``{"loss": total, "cls": ..., "cls_plus": ..., "patch": ...}`` (active terms only)
+        and updates the centres with the teacher outputs of this step.
+
+        valid_global: (2, B, Sg) bool; valid_local: (L, 2, B, Sl) bool.
+        """
+        n_views = 2 + self.n_local
+        t_cls = teacher.cls.float().unflatten(0, (2, -1))  # (2, B, K) per teacher view
+        s_cls = student.cls.unflatten(0, (n_views, -1))  # (V, B, K)
+        other = t_cls.flip(0)  # [u] = teacher view 1-u, the partner of student global view u
+        terms: dict[str, torch.Tensor] = {}
+
+        # Level cls: each student view against each teacher global view that is not itself.
+        probs = teacher_probs(t_cls, self.center_cls, teacher_temp)
+        terms["cls"] = self._level(probs.flip(0), probs.unsqueeze(0), s_cls)
+
+        if self.extra_token:
+            blend_g = self.alpha * _weighted_mean(teacher.patch_global, valid_global) + (1 - self.alpha) * other
+            blend_g = torch.where(valid_global.any(-1, keepdim=True), blend_g, other)  # no valid point: cls alone
+            blend_l = None
+            if self.n_local:
+                t_cls_l = t_cls.unsqueeze(0)  # (1, 2, B, K)
+                blend_l = self.alpha * _weighted_mean(teacher.patch_local, valid_local) + (1 - self.alpha) * t_cls_l
+                blend_l = torch.where(valid_local.any(-1, keepdim=True), blend_l, t_cls_l)
+            s_plus = student.cls_plus.unflatten(0, (n_views, -1))
+            probs_g = teacher_probs(blend_g, self.center_cls_plus, teacher_temp)
+            probs_l = None if blend_l is None else teacher_probs(blend_l, self.center_cls_plus, teacher_temp)
+            terms["cls_plus"] = self._level(probs_g, probs_l, s_plus)
+
+        if self.patch_level:
+            probs = teacher_probs(teacher.patch_global, self.center_patch, teacher_temp)  # (2, B, Sg, K)
+            ce = soft_cross_entropy(probs, student.patch, self.student_temp)  # (2, B, Sg)
+            weights = valid_global.float()
+            terms["patch"] = (ce * weights).sum() / weights.sum().clamp(min=1.0)
+
+        terms["loss"] = sum(terms.values()) / len(terms)
+
+        # Centres move after the loss, with the teacher outputs of this step.
+        update_center(self.center_cls, teacher.cls, self.center_momentum)
+        if self.extra_token:
+            blends = [blend_g.flatten(0, -2)] + ([] if blend_l is None else [blend_l.flatten(0, -2)])
+            update_center(self.center_cls_plus, torch.cat(blends), self.center_momentum)
+        if self.needs_teacher_patches:
+            patches = [teacher.patch_global.flatten(0, -2)]
+            weights = [valid_global.flatten()]
+            if self.n_local:
+                patches.append(teacher.patch_local.flatten(0, -2))
+                weights.append(valid_local.flatten())
+            update_center(self.center_patch, torch.cat(patches), self.center_momentum, torch.cat(weights))
+        return terms
+
+    def _level(self, global_probs: torch.Tensor, local_probs: torch.Tensor | None, student: torch.Tensor) -> torch.Tensor:
+        """One image-level term.
+
+        global_probs: (2, B, K) target of student global view u (teacher view 1-u);
+        local_probs: (L or 1, 2, B, K) target of local j against teacher view v;
+        student: (V, B, K) student logits of every view.
+        """
+        global_part = soft_cross_entropy(global_probs, student[:2], self.student_temp).mean()
+        local_part = None
+        if self.n_local:
+            local_part = soft_cross_entropy(local_probs, student[2:].unsqueeze(1), self.student_temp).mean()
+        return self._combine(global_part, local_part)

@@ -1,0 +1,137 @@
+"""Student and teacher networks of UDI / DINO: backbone + SRS module + projection head(s).
+
+One ``forward`` per role so that DistributedDataParallel wraps the student as one module.
+Notation as in ``udi.losses.udi``: B images, L local views, Sg / Sl sampled points,
+Ng patches of a global view, D embed dim, K head output dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from udi.losses.udi import StudentLogits, TeacherLogits
+from udi.models.heads import DINOHead
+from udi.models.srs import SRSModule
+from udi.models.vit import VisionTransformer, build_vit
+
+
+class UDINetwork(nn.Module):
+    """Backbone with ``n_cls`` class tokens, optional SRS module, one shared head (or three).
+
+    Args:
+        extra_token: the backbone has a second class token [cls+] and the network returns its logits.
+        srs: build the SRS module (needed when the [cls+] or patch level is on).
+        shared_head: one head for all levels; False builds ``head_plus`` and ``head_patch`` too.
+    """
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        head_kwargs: dict,
+        extra_token: bool,
+        srs: bool,
+        shared_head: bool = True,
+        srs_heads: int | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.extra_token = extra_token
+        dim = backbone.embed_dim
+        self.head = DINOHead(dim, **head_kwargs)
+        self.srs = SRSModule(dim, srs_heads or backbone.num_heads) if srs else None
+        self.head_plus = None if shared_head or not extra_token else DINOHead(dim, **head_kwargs)
+        self.head_patch = None if shared_head or not srs else DINOHead(dim, **head_kwargs)
+
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> normed class tokens (B, n_cls, D), pre-norm patch tokens (B, N, D)."""
+        hidden = self.backbone.forward_blocks(images)
+        n_cls = self.backbone.n_cls
+        return self.backbone.norm(hidden[:, :n_cls]), hidden[:, n_cls:]
+
+    def _heads(self, cls: torch.Tensor, cls_plus: torch.Tensor | None, patch: torch.Tensor | None):
+        """Project rows through the head(s); with a shared head in one call (one big matmul)."""
+        parts = [x for x in (cls, cls_plus, patch) if x is not None]
+        if self.head_plus is None and self.head_patch is None:
+            outs = iter(self.head(torch.cat(parts)).split([len(x) for x in parts]))
+            return tuple(next(outs) if x is not None else None for x in (cls, cls_plus, patch))
+        head_plus = self.head_plus or self.head
+        head_patch = self.head_patch or self.head
+        return (
+            self.head(cls),
+            None if cls_plus is None else head_plus(cls_plus),
+            None if patch is None else head_patch(patch),
+        )
+
+    def forward_student(
+        self, globals_: torch.Tensor, locals_: torch.Tensor | None, select_weights: torch.Tensor | None
+    ) -> StudentLogits:
+        """globals_: (2B, 3, Gs, Gs); locals_: (L*B, 3, Ls, Ls) or None;
+        select_weights: (B, Sg, Ng) one-hot rows of the SRS selection, or None (no patch level)."""
+        cls_g, patches_g = self._encode(globals_)
+        cls_tokens = [cls_g]
+        if locals_ is not None and len(locals_):
+            cls_tokens.append(self._encode(locals_)[0])
+        cls_tokens = torch.cat(cls_tokens)  # (V*B, n_cls, D)
+        srs_out = None
+        if select_weights is not None:
+            weights = select_weights.repeat(2, 1, 1)  # the same mask for both global views
+            srs_out = self.srs(patches_g, weights)  # (2B, Sg, D)
+        cls_plus = cls_tokens[:, 1] if self.extra_token else None
+        logits_cls, logits_plus, logits_patch = self._heads(
+            cls_tokens[:, 0], cls_plus, None if srs_out is None else srs_out.flatten(0, 1)
+        )
+        if logits_patch is not None:
+            logits_patch = logits_patch.unflatten(0, (2, -1, select_weights.shape[1]))
+        return StudentLogits(cls=logits_cls, cls_plus=logits_plus, patch=logits_patch)
+
+    def forward_teacher(
+        self, globals_: torch.Tensor, map_global: torch.Tensor | None, map_local: torch.Tensor | None
+    ) -> TeacherLogits:
+        """globals_: (2B, 3, Gs, Gs); map_global: (2, B, Sg, Ng), [u] = student view u onto
+        teacher view 1-u; map_local: (L, 2, B, Sl, Ng), [j, v] = local j onto teacher view v."""
+        cls, patches = self._encode(globals_)
+        if map_global is None:
+            return TeacherLogits(cls=self._heads(cls[:, 0], None, None)[0])
+        n_local, sg = (map_local.shape[0] if map_local is not None else 0), map_global.shape[2]
+        # Per teacher view v, queries of its partner global view (1-v) followed by all locals.
+        queries = [map_global.flip(0)]  # (2, B, Sg, Ng) indexed by teacher view
+        if n_local:
+            queries.append(map_local.permute(1, 2, 0, 3, 4).flatten(2, 3))  # (2, B, L*Sl, Ng)
+        queries = torch.cat(queries, dim=2).flatten(0, 1)  # (2B, S, Ng)
+        srs_out = self.srs(patches, queries)  # (2B, S, D)
+        logits_cls, _, logits_patch = self._heads(cls[:, 0], None, srs_out.flatten(0, 1))
+        logits_patch = logits_patch.unflatten(0, (2, -1, queries.shape[1]))  # (2 teacher views, B, S, K)
+        patch_global = logits_patch[:, :, :sg].flip(0)  # back to student-view order u
+        patch_local = None
+        if n_local:
+            local = logits_patch[:, :, sg:].unflatten(2, (n_local, -1))  # (2, B, L, Sl, K)
+            patch_local = local.permute(2, 0, 1, 3, 4)  # (L, 2, B, Sl, K)
+        return TeacherLogits(cls=logits_cls, patch_global=patch_global, patch_local=patch_local)
+
+    def forward(self, role: str, *args):
+        """``role`` is "student" or "teacher"; see forward_student / forward_teacher."""
+        if role == "student":
+            return self.forward_student(*args)
+        return self.forward_teacher(*args)
+
+
+def build_network(cfg: dict) -> UDINetwork:
+    """Student network from a resolved config (the teacher is a copy of it)."""
+    method = cfg["method"]
+    udi_cfg = cfg["udi"]
+    extra_token = method == "udi" and udi_cfg["extra_token"]
+    srs = method == "udi" and (udi_cfg["extra_token"] or udi_cfg["patch_level"])
+    model = cfg["model"]
+    overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model[k] is not None}
+    backbone = build_vit(
+        model["arch"],
+        patch_size=model["patch_size"],
+        img_size=cfg["views"]["global_size"],
+        n_cls=2 if extra_token else 1,
+        drop_path_rate=model["drop_path_rate"],
+        **overrides,
+    )
+    head = cfg["head"]
+    head_kwargs = {k: head[k] for k in ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")}
+    return UDINetwork(backbone, head_kwargs, extra_token, srs, head["shared"], udi_cfg["srs_heads"])

@@ -1,0 +1,72 @@
+"""Atomic checkpoints and the exported backbone (safetensors, architecture in the metadata).
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk, then
+renamed over the old one: a crash at any moment leaves either the old or the new file,
+never a torn one. Loading uses ``torch.load(weights_only=True)``: no arbitrary unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+BACKBONE_FORMAT = "udi.vit.v1"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync it, then rename it to ``path`` (same folder)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a foreign or damaged file: say which
+        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+
+
+def export_backbone(path: str | Path, backbone: torch.nn.Module, extra: dict | None = None) -> None:
+    """Backbone weights (DINO/timm parameter names) + ``{"format", "arch": json, ...}`` metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
+    metadata = {"format": BACKBONE_FORMAT, "arch": json.dumps(backbone.arch_config())}
+    metadata.update({k: str(v) for k, v in (extra or {}).items()})
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_backbone_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a ``.safetensors`` file."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return load_file(str(path)), metadata
