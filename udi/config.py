@@ -108,6 +108,18 @@ class ConfigError(ValueError):
     """A config file or override that names an unknown key or a bad value."""
 
 
+def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: parse numbers for numeric keys, refuse other strings."""
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: '{key}' must be a number; got {value!r}") from None
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    return value
+
+
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
@@ -118,7 +130,7 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
                 raise ConfigError(f"{source}: '{dotted}' must be a mapping of keys, got {value!r}")
             _merge(base[key], value, source, dotted + ".")
         else:
-            base[key] = value
+            base[key] = _coerce(base[key], value, dotted, source)
 
 
 def set_key(cfg: dict, dotted: str, value: Any, source: str = "override") -> None:
@@ -131,7 +143,7 @@ def set_key(cfg: dict, dotted: str, value: Any, source: str = "override") -> Non
         node = node[part]
     if parts[-1] not in node or isinstance(node[parts[-1]], dict):
         raise ConfigError(f"{source}: unknown config key '{dotted}'")
-    node[parts[-1]] = value
+    node[parts[-1]] = _coerce(node[parts[-1]], value, dotted, source)
 
 
 def get_key(cfg: dict, dotted: str) -> Any:

@@ -1,0 +1,108 @@
+"""Tests of batched cropping, the evaluation box, normalisation and the photometric recipe."""
+import pytest
+import torch
+
+from udi.data.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, center_box, crop_resize, normalize
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- crop_resize --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest"])
+def test_crop_resize_identity_and_flip(mode):
+    images = torch.rand(3, 3, 20, 20, generator=gen())
+    full = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(3, 4)
+    out = crop_resize(images, full, 20, mode)
+    assert out.shape == (3, 3, 20, 20) and out.dtype == torch.float32
+    assert torch.allclose(out, images, atol=1e-5)
+    flipped = crop_resize(images, full[:, [2, 1, 0, 3]], 20, mode)
+    assert torch.allclose(flipped, images.flip(-1), atol=1e-5)
+
+
+def test_crop_resize_sub_box_and_uint8():
+    images = torch.randint(0, 256, (2, 3, 21, 21), dtype=torch.uint8, generator=gen())
+    # Pixel centres 0..10 of 0..20 on each axis: exactly the top-left 11 x 11 pixels.
+    out = crop_resize(images, torch.tensor([[0.0, 0.0, 0.5, 0.5]]).expand(2, 4), 11)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, images[:, :, :11, :11].float() / 255, atol=1e-5)
+    # Different boxes per image, output size differs from the canvas, values stay in [0, 1].
+    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.9], [0.9, 0.0, 0.3, 0.4]])
+    out = crop_resize(images, boxes, 8)
+    assert out.shape == (2, 3, 8, 8) and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ValueError):
+        crop_resize(images, boxes, 1)
+
+
+def test_center_box_square_and_centred():
+    aspect = torch.tensor([2.0, 0.5, 1.0, 4 / 3])
+    box = center_box(aspect, 0.875)
+    w, h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    assert torch.allclose(w * aspect, h)  # square in original pixels (image is aspect x 1)
+    assert torch.allclose((box[:, :2] + box[:, 2:]) / 2, torch.full((4, 2), 0.5))
+    assert torch.allclose(h, 0.875 * aspect.clamp(max=1.0))  # side is 87.5% of the shorter image side
+
+
+def test_normalize():
+    x = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    assert torch.allclose(normalize(x), torch.zeros(2, 3, 4, 4), atol=1e-6)
+    ones = normalize(torch.ones(1, 3, 1, 1)).flatten()
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(ones, expected)
+
+
+# --- Photometric --------------------------------------------------------------------------
+
+
+def test_photometric_shapes_range_determinism():
+    x = torch.rand(64, 3, 16, 16, generator=gen())
+    aug = Photometric()
+    a, b = aug(x, gen(5)), aug(x, gen(5))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, aug(x, gen(6)))
+    changed = (a != x).flatten(1).any(1)
+    assert 0.5 < changed.float().mean() <= 1.0
+
+
+def test_photometric_disabled_is_identity():
+    x = torch.rand(8, 3, 12, 12, generator=gen())
+    g = gen(1)
+    assert torch.equal(Photometric(enabled=False)(x, g), x)
+    assert torch.equal(g.get_state(), gen(1).get_state())  # draws nothing
+
+
+def test_photometric_grayscale_rate():
+    # No jitter: blur and solarisation keep gray images gray and colour images coloured.
+    x = torch.rand(2000, 3, 8, 8, generator=gen())
+    out = Photometric(jitter_p=0.0)(x, gen(2))
+    gray = ((out[:, 0] - out[:, 1]).abs().amax((1, 2)) < 1e-6) & ((out[:, 1] - out[:, 2]).abs().amax((1, 2)) < 1e-6)
+    assert abs(gray.float().mean().item() - 0.2) < 0.03
+
+
+def test_photometric_grayscale_all_and_solarize_threshold():
+    # gray_p=1 makes every sample gray; solarisation (threshold 0.5) leaves dark images alone.
+    x = torch.rand(32, 3, 8, 8, generator=gen()) * 0.4
+    out = Photometric(jitter_p=0.0, gray_p=1.0, blur_sigma=(1e-3, 1e-3))(x, gen(3))
+    assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)
+    assert out.max() < 0.5
+
+
+def test_photometric_blur_on_small_images():
+    # Kernel never exceeds the image, odd and even sizes alike.
+    for side in (5, 6):
+        x = torch.rand(16, 3, side, side, generator=gen())
+        out = Photometric(jitter_p=0.0, gray_p=0.0, blur_sigma=(2.0, 2.0))(x, gen(4))
+        assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_photometric_same_on_cuda():
+    x = torch.rand(16, 3, 16, 16, generator=gen())
+    cpu = Photometric()(x, gen(9))
+    cuda = Photometric()(x.cuda(), gen(9)).cpu()
+    assert torch.allclose(cpu, cuda, atol=1e-4)

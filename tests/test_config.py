@@ -1,0 +1,53 @@
+import pytest
+
+from udi.config import ConfigError, config_dir, load_config, parse_overrides, resolve_config_path
+
+
+def test_layering_defaults_file_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: dino\ndata:\n  name: scenes\ntrain:\n  batch_size: 8\n")
+    cfg = load_config(path, ["train.batch_size=4", "optim.lr=1e-3", "views.shift=false"])
+    assert cfg["method"] == "dino"
+    assert cfg["train"]["batch_size"] == 4  # the command line wins over the file
+    assert cfg["optim"]["lr"] == 0.001 and cfg["views"]["shift"] is False
+    assert cfg["train"]["epochs"] == 100  # untouched default
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data:\n  name: scenes\ntrain:\n  batchsize: 3\n", "unknown config key 'train.batchsize'"),
+        ("data:\n  name: scenes\nmethod: byol\n", "'method' must be one of"),
+        ("train:\n  batch_size: 3\n", "set exactly one of 'data.name'"),
+        ("data:\n  name: scenes\nviews:\n  global_size: 30\nmodel:\n  patch_size: 16\n", "divisible"),
+        ("data:\n  name: scenes\ntrain: 3\n", "must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.batch_size"])
+    with pytest.raises(ConfigError, match="unknown config key 'nope.x'"):
+        load_config(None, ["data.name=scenes", "nope.x=1"])
+
+
+def test_every_shipped_config_loads():
+    names = sorted(p.stem for p in config_dir().glob("*.yaml"))
+    assert {"udi_cpu_demo", "dino_cpu_demo", "udi_vits16_in1k_300ep", "dino_vits16_in1k_300ep"} <= set(names)
+    for name in names:
+        cfg = load_config(resolve_config_path(name), ["data.path=/some/folder", "data.name=null"])
+        assert cfg["method"] in ("udi", "dino")
+    in1k = load_config(resolve_config_path("udi_vits16_in1k_300ep"), ["data.path=/x"])
+    assert in1k["model"]["arch"] == "vit_small" and in1k["train"]["epochs"] == 300
+    assert in1k["views"]["n_local"] == 10 and in1k["head"]["out_dim"] == 65536
+
+
+def test_resolve_unknown_config_lists_shipped():
+    with pytest.raises(ConfigError, match="udi_cpu_demo"):
+        resolve_config_path("nonexistent_config")

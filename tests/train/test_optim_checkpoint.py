@@ -1,0 +1,70 @@
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from udi.models.vit import build_vit
+from udi.train.checkpoint import atomic_write, export_backbone, load_checkpoint, save_checkpoint
+from udi.models.pretrained import load_backbone
+from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, param_groups, set_lr_wd
+
+
+def test_weight_decay_only_on_rank_two_or_more():
+    model = build_vit("vit_nano", patch_size=4, img_size=16)
+    decay, no_decay = param_groups(model)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    optimizer = build_optimizer(model)
+    set_lr_wd(optimizer, 0.1, 0.05)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    assert all(g["lr"] == 0.1 for g in optimizer.param_groups)
+
+
+def test_ema_update():
+    teacher, student = nn.Linear(2, 2), nn.Linear(2, 2)
+    expected = [0.9 * t + 0.1 * s for t, s in zip(teacher.parameters(), student.parameters())]
+    ema_update(teacher, student, 0.9)
+    assert all(torch.allclose(a, b) for a, b in zip(teacher.parameters(), expected))
+
+
+def test_cancel_last_layer_grads():
+    model = nn.ModuleDict({"last_layer": nn.Linear(2, 2), "mlp": nn.Linear(2, 2)})
+    sum(m(torch.ones(1, 2)).sum() for m in model.values()).backward()
+    cancel_last_layer_grads(model)
+    assert model["last_layer"].weight.grad is None and model["mlp"].weight.grad is not None
+
+
+def test_atomic_write_keeps_old_file_when_interrupted(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def torn_write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed in the middle of the write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, torn_write)
+    assert load_checkpoint(path) == {"step": 1}
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_load_checkpoint_refuses_arbitrary_pickles(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": nn.Linear(1, 1)}, path)  # a module is not plain data
+    with pytest.raises(RuntimeError, match="cannot load checkpoint"):
+        load_checkpoint(path)
+
+
+def test_backbone_export_round_trip(tmp_path):
+    model = build_vit("vit_nano", patch_size=4, img_size=16, n_cls=2).eval()
+    export_backbone(tmp_path / "backbone.safetensors", model, {"method": "udi"})
+    loaded = load_backbone(tmp_path)  # a run directory works too
+    x = torch.randn(2, 3, 16, 16)
+    assert loaded.n_cls == 2 and torch.equal(loaded(x), model(x))
+    with pytest.raises(FileNotFoundError, match="weights not found"):
+        load_backbone(tmp_path / "missing.pt")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FileNotFoundError, match="without backbone.safetensors"):
+        load_backbone(tmp_path / "empty_run")
