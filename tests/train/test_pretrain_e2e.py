@@ -1,0 +1,129 @@
+"""Short end-to-end pretraining runs: outputs, exact resume, kills, failure messages."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from udi.models.pretrained import load_backbone
+from udi.train import checkpoint as checkpoint_module
+from udi.train.loop import NonFiniteLossError, Trainer, pretrain
+
+from .conftest import TINY
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_state(run_a, run_b):
+    a = torch.load(run_a / "checkpoint.pt", weights_only=True)
+    b = torch.load(run_b / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"]
+    for part in ("student", "teacher", "loss"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    backbone_a, backbone_b = load_file(run_a / "backbone.safetensors"), load_file(run_b / "backbone.safetensors")
+    assert all(torch.equal(backbone_a[k], backbone_b[k]) for k in backbone_a)
+    terms = ("loss", "cls", "cls_plus", "patch", "lr", "wd", "momentum", "teacher_temp")
+    strip = lambda log: [{k: r[k] for k in terms if k in r} | {"step": r["step"]} for r in log]
+    assert strip(read_log(run_a)) == strip(read_log(run_b))
+
+
+@pytest.mark.parametrize("method", ["udi", "dino"])
+def test_run_directory_contents(tmp_path, tiny_cfg, method):
+    summary = pretrain(tiny_cfg(f"method={method}", "train.max_steps=3"), tmp_path)
+    assert summary["step"] == 3
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.yaml", "log.jsonl", "checkpoint.pt", "backbone.safetensors"}
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    expected = {"step", "epoch", "loss", "cls", "lr", "wd", "momentum", "teacher_temp", "images_per_sec"}
+    if method == "udi":
+        expected |= {"cls_plus", "patch"}
+    assert expected <= set(log[0]) and ("patch" in log[0]) == (method == "udi")
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    backbone = load_backbone(tmp_path / "backbone.safetensors")
+    assert backbone.n_cls == (2 if method == "udi" else 1)
+    assert backbone(torch.randn(1, 3, 16, 16)).shape == (1, backbone.n_cls, 96)
+
+
+def test_resume_mid_epoch_is_exact(tmp_path, tiny_cfg):
+    # 96 images / 8 per batch -> 12 steps per epoch; stop at 5 (mid-epoch) and at 14 (next epoch).
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    pretrain(tiny_cfg("train.max_steps=16"), full)
+    pretrain(tiny_cfg("train.max_steps=5"), parts)
+    pretrain(tiny_cfg("train.max_steps=14"), parts)
+    pretrain(tiny_cfg("train.max_steps=16"), parts)
+    assert_same_state(full, parts)
+
+
+def test_interrupted_checkpoint_write_keeps_previous_and_resumes_exactly(tmp_path, tiny_cfg, monkeypatch):
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    pretrain(tiny_cfg("train.max_steps=10"), full)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (step 8): die half-way through the write
+            real_save(obj, path)
+            with open(path, "r+b") as handle:
+                handle.truncate(os.path.getsize(path) // 2)
+            raise KeyboardInterrupt("killed while writing")
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_cfg("train.max_steps=10"), crashed)
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    assert torch.load(crashed / "checkpoint.pt", weights_only=True)["step"] == 4  # the previous one survived
+    assert not [p for p in crashed.iterdir() if p.name.endswith(".tmp")]
+    pretrain(tiny_cfg("train.max_steps=10"), crashed)
+    assert_same_state(full, crashed)
+
+
+def _cli(out, *extra):
+    return [sys.executable, "-m", "udi", "pretrain", "--out", str(out), *TINY, *extra]
+
+
+def test_kill_minus_nine_then_resume_matches_uninterrupted(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = ("train.max_steps=14", "train.checkpoint_every=1")
+    subprocess.run(_cli(full, *args), check=True, capture_output=True)
+    process = subprocess.Popen(_cli(killed, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = killed / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    process.wait()
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < 14  # really interrupted
+    subprocess.run(_cli(killed, *args), check=True, capture_output=True)
+    assert_same_state(full, killed)
+
+
+def test_non_finite_loss_names_step_and_term(tmp_path, tiny_cfg):
+    trainer = Trainer(tiny_cfg("train.max_steps=2"), tmp_path)
+    with torch.no_grad():
+        trainer.student.head.mlp[0].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"loss term '(cls|cls_plus|patch)' is nan at step 1"):
+        trainer.run()
+
+
+def test_resume_with_other_architecture_is_refused(tmp_path, tiny_cfg):
+    pretrain(tiny_cfg("train.max_steps=1"), tmp_path)
+    with pytest.raises(ValueError, match="different 'model' config"):
+        pretrain(tiny_cfg("train.max_steps=2", "model.depth=2"), tmp_path)
+
+
+def test_too_small_data_set_is_a_clear_error(tmp_path, tiny_cfg):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        pretrain(tiny_cfg("data.scenes_num_images=4"), tmp_path)
