@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "srs_mode": "random",  # random | uniform | dense
         "shift": True,
         "photometric": True,
+        "blur_sigma": [0.1, 2.0],  # Gaussian blur sigma range in pixels of the crop (DINO: for 224 px)
     },
     "udi": {
         "extra_token": True,  # the second class token [cls+] and its level

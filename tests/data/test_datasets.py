@@ -155,7 +155,7 @@ def _folder_with_corrupt(tmp_path, corrupt):
 
 
 def test_corrupt_file_is_skipped_with_warning(tmp_path):
-    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [1]), canvas_size=CANVAS, max_fail_fraction=0.5)
+    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [1]), canvas_size=CANVAS)
     with pytest.warns(UserWarning, match=r"1\.png"):
         item = ds[1]
     assert item["index"] == 2 and item["failed"] == 1 and item["image"][0, 0, 0] == 100
@@ -166,7 +166,7 @@ def test_corrupt_file_is_skipped_with_warning(tmp_path):
 
 
 def test_consecutive_and_wrapping_failures(tmp_path):
-    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [2, 3]), canvas_size=CANVAS, max_fail_fraction=0.5)
+    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [2, 3]), canvas_size=CANVAS)
     with pytest.warns(UserWarning) as record:
         item = ds[2]
     assert item["index"] == 0 and item["failed"] == 2
@@ -175,14 +175,8 @@ def test_consecutive_and_wrapping_failures(tmp_path):
     assert ds.num_failed == 2
 
 
-def test_too_many_failures_raise(tmp_path):
-    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [1]), canvas_size=CANVAS)  # 1 of 4 > 1%
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="max_fail_fraction"):
-        ds[1]
-
-
 def test_all_corrupt_raises(tmp_path):
-    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [0, 1, 2, 3]), canvas_size=CANVAS, max_fail_fraction=1)
+    ds = ImageFolderDataset(_folder_with_corrupt(tmp_path, [0, 1, 2, 3]), canvas_size=CANVAS)
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="no decodable image"):
         ds[0]
 

@@ -127,3 +127,43 @@ def test_resume_with_other_architecture_is_refused(tmp_path, tiny_cfg):
 def test_too_small_data_set_is_a_clear_error(tmp_path, tiny_cfg):
     with pytest.raises(ValueError, match="fewer than one global batch"):
         pretrain(tiny_cfg("data.scenes_num_images=4"), tmp_path)
+
+
+def _folder(tmp_path, n_images, corrupt):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n_images):
+        path = folder / ("nested" if i % 2 else "") / f"img{i:03d}.png"
+        if i in corrupt:
+            path.write_bytes(b"not an image at all")
+            continue
+        array = (torch.rand(20 + i % 7, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(path)
+    return folder
+
+
+def test_plain_folder_pretrains_and_counts_undecodable_files(tmp_path, tiny_cfg):
+    folder = _folder(tmp_path, 24, corrupt={5})
+    cfg = tiny_cfg("data.name=null", f"data.path={folder}", "data.canvas_size=24", "data.max_fail_fraction=0.5",
+                   "train.max_steps=6")
+    with pytest.warns(UserWarning, match="img005.png"):
+        pretrain(cfg, tmp_path / "run")
+    assert read_log(tmp_path / "run")[-1]["failed_images"] >= 1
+
+
+def test_more_than_one_percent_undecodable_stops_with_clear_error(tmp_path, tiny_cfg):
+    folder = _folder(tmp_path, 24, corrupt={3})
+    cfg = tiny_cfg("data.name=null", f"data.path={folder}", "data.canvas_size=24", "train.max_steps=40")
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=r"could not be decoded \(more than 1%\)"):
+        pretrain(cfg, tmp_path / "run")
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path, tiny_cfg):
+    with pytest.raises(FileNotFoundError, match="does_not_exist"):
+        pretrain(tiny_cfg("data.name=null", f"data.path={tmp_path / 'does_not_exist'}"), tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        pretrain(tiny_cfg("data.name=null", f"data.path={tmp_path / 'empty'}"), tmp_path / "run")

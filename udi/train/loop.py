@@ -123,7 +123,9 @@ class Trainer:
             )
         self.total_steps = train["epochs"] * self.steps_per_epoch
         self.spec = view_spec(cfg)
-        self.photometric = Photometric(enabled=cfg["views"]["photometric"])
+        self.photometric = Photometric(
+            blur_sigma=tuple(cfg["views"]["blur_sigma"]), enabled=cfg["views"]["photometric"]
+        )
 
         torch.manual_seed(train["seed"])  # identical initial weights on every process
         self.student = build_network(cfg).to(self.device)

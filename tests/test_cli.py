@@ -1,0 +1,49 @@
+"""The command line, end to end on tiny settings."""
+
+import json
+
+import pytest
+
+from udi.cli import main
+
+from .train.conftest import TINY
+
+DIGITS = [o for o in TINY if not o.startswith("data.")] + ["data.name=digits", "data.num_workers=0"]
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_pretrain_then_eval_knn(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--out", str(run), *DIGITS, "train.max_steps=2"]) == 0
+    assert last_json(capsys)["step"] == 2
+    assert main(["eval", "knn", "--weights", str(run / "backbone.safetensors"), "--data", "digits",
+                 "--out", str(tmp_path / "eval")]) == 0
+    metrics = last_json(capsys)
+    assert set(metrics) == {"knn_top1_k10", "knn_top1_k20", "knn_top1_k100", "knn_top1_k200"}
+    assert all(0 <= v <= 100 for v in metrics.values())
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    assert main(["eval", "--protocols", "knn", "--weights", str(run), "--data", "digits", "--features", "cls_cat"]) == 0
+    assert set(last_json(capsys)) == set(metrics)
+
+
+def test_demo_compares_with_random_init(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), *DIGITS, "train.max_steps=2"]) == 0
+    result = last_json(capsys)
+    assert "random init" in result and any(k.startswith("udi teacher") for k in result)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pretrain", "--config", "no_such_config", "--out", "x"], "config not found"),
+        (["pretrain", "--out", "x", "data.name=scenes", "train.batch_sise=3"], "unknown config key 'train.batch_sise'"),
+        (["eval", "knn", "--weights", "/no/such/file.safetensors", "--data", "digits"], "weights not found"),
+        (["eval", "linear_plus", "--weights", "x", "--data", "digits"], "not available"),
+    ],
+)
+def test_errors_are_clear_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
