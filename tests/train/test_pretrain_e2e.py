@@ -1,6 +1,7 @@
 """Short end-to-end pretraining runs: outputs, exact resume, kills, failure messages."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -167,3 +168,11 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path, tiny_cfg):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         pretrain(tiny_cfg("data.name=null", f"data.path={tmp_path / 'empty'}"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(tmp_path, tiny_cfg, precision):
+    trainer = Trainer(tiny_cfg(f"train.precision={precision}", "train.max_steps=2"), tmp_path)
+    summary = trainer.run()
+    assert summary["step"] == 2 and all(math.isfinite(summary[k]) for k in ("loss", "cls", "cls_plus", "patch"))
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
