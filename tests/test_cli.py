@@ -21,18 +21,22 @@ def test_pretrain_then_eval_knn(tmp_path, capsys):
     assert last_json(capsys)["step"] == 2
     assert main(["eval", "knn", "--weights", str(run / "backbone.safetensors"), "--data", "digits",
                  "--out", str(tmp_path / "eval")]) == 0
-    metrics = last_json(capsys)
+    results = last_json(capsys)
+    metrics = results["knn"]["cls"]
     assert set(metrics) == {"knn_top1_k10", "knn_top1_k20", "knn_top1_k100", "knn_top1_k200"}
     assert all(0 <= v <= 100 for v in metrics.values())
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == results
+    assert "knn k20 [cls]" in (tmp_path / "eval" / "metrics.md").read_text()
     assert main(["eval", "--protocols", "knn", "--weights", str(run), "--data", "digits", "--features", "cls_cat"]) == 0
-    assert set(last_json(capsys)) == set(metrics)
+    assert set(last_json(capsys)["knn"]["cls_cat"]) == set(metrics)
 
 
 def test_demo_compares_with_random_init(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), *DIGITS, "train.max_steps=2"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--protocols", "knn", *DIGITS, "train.max_steps=2"]) == 0
     result = last_json(capsys)
     assert "random init" in result and any(k.startswith("udi teacher") for k in result)
+    assert "knn k20 [cls]" in result["random init"]
+    assert (tmp_path / "eval" / "compare.md").exists()
 
 
 @pytest.mark.parametrize(
@@ -41,7 +45,7 @@ def test_demo_compares_with_random_init(tmp_path, capsys):
         (["pretrain", "--config", "no_such_config", "--out", "x"], "config not found"),
         (["pretrain", "--out", "x", "data.name=scenes", "train.batch_sise=3"], "unknown config key 'train.batch_sise'"),
         (["eval", "knn", "--weights", "/no/such/file.safetensors", "--data", "digits"], "weights not found"),
-        (["eval", "linear_plus", "--weights", "x", "--data", "digits"], "not available"),
+        (["eval", "--protocols", "linear_plus", "--weights", str(__file__), "--data", "digits"], "linear_plus"),
     ],
 )
 def test_errors_are_clear_and_exit_2(argv, message, capsys):

@@ -53,7 +53,7 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path):
 def test_load_checkpoint_refuses_arbitrary_pickles(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"obj": nn.Linear(1, 1)}, path)  # a module is not plain data
-    with pytest.raises(RuntimeError, match="cannot load checkpoint"):
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
         load_checkpoint(path)
 
 

@@ -41,7 +41,11 @@ NUM_HUE_BINS = 8
 DEFAULT_NUM_IMAGES = {"train": 10_000, "val": 2_000}
 
 _MAX_OBJECTS = 3
-_RADIUS_RANGE = (0.15, 0.3)  # object radius, as a fraction of the image size
+# Object radius, as a fraction of the image size: the first object is the main one, the
+# others are smaller distractors, so "the largest object" (the label) is a salient one and
+# the distractors are the detail beyond it that the richness probes look for.
+_MAIN_RADIUS = (0.24, 0.34)
+_DISTRACTOR_RADIUS = (0.1, 0.18)
 _EXTENT = 1.15  # every shape fits in a disc of radius _EXTENT * r around its centre
 _MIDLINE_GAP = 0.04  # minimum centre distance from the midlines, fraction of size
 _MIN_VISIBLE = 0.5  # fraction of its own area every drawn object keeps visible
@@ -188,14 +192,14 @@ def _background(rng: np.random.Generator, texture: int, size: int) -> np.ndarray
     return np.multiply.outer(t, c1 - c0) + c0
 
 
-def _place(rng: np.random.Generator, shape: int, size: int):
+def _place(rng: np.random.Generator, shape: int, size: int, radius_range: tuple[float, float]):
     """Sample a placement of ``shape`` and rasterise it on the 2x grid.
 
     Returns (centre_x, centre_y, slice_y, slice_x, inside): ``inside`` (bool)
     covers the 2x-grid box given by the slices, whose corners lie on even 2x
     indices, so the box maps onto whole output pixels.
     """
-    r = rng.uniform(*_RADIUS_RANGE) * size
+    r = rng.uniform(*radius_range) * size
     extent = _EXTENT * r
     gap = _MIDLINE_GAP * size
     # Per axis: a side of the midline, then a distance from it that keeps the shape
@@ -251,7 +255,7 @@ def render_scene(seed: int, split_id: int, index: int, size: int = 32) -> tuple[
         hue = (hue_bins[k] + rng.uniform(0.15, 0.85)) / NUM_HUE_BINS
         colour = _rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
         for _ in range(_PLACEMENT_TRIES):
-            cx, cy, sy, sx, inside = _place(rng, shape, size)
+            cx, cy, sy, sx, inside = _place(rng, shape, size, _MAIN_RADIUS if k == 0 else _DISTRACTOR_RADIUS)
             # 2x-grid points of each earlier object this one would cover.
             covered = np.bincount(owner[sy, sx][inside] + 1, minlength=len(shapes) + 1)[1:].tolist()
             if all(visible[j] - covered[j] >= _MIN_VISIBLE * areas[j] for j in range(len(shapes))):

@@ -3,15 +3,18 @@ a centred crop of the whole image, resized, ImageNet-normalised)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from udi.data.augment import center_box, crop_resize, normalize
 from udi.models.vit import VisionTransformer
 
 FEATURES = ("cls", "cls+", "cls_cat", "patch_mean")
+TARGET_KEYS = ("label", "present", "color", "position", "count", "background", "mask")
 
 
 def select_features(tokens: torch.Tensor, n_cls: int, kind: str) -> torch.Tensor:
@@ -29,11 +32,26 @@ def select_features(tokens: torch.Tensor, n_cls: int, kind: str) -> torch.Tensor
     raise ValueError(f"unknown feature '{kind}' (choose from {', '.join(FEATURES)})")
 
 
+def parse_feature(kind: str) -> str:
+    """Validate a feature name: one of ``FEATURES`` or ``lastN`` (N >= 1)."""
+    if kind in FEATURES or (kind.startswith("last") and kind[4:].isdigit() and int(kind[4:]) >= 1):
+        return kind
+    raise ValueError(f"unknown feature '{kind}' (choose from {', '.join(FEATURES)}, lastN)")
+
+
+def _collate_targets(batch: dict, targets: dict[str, list]) -> None:
+    for key in TARGET_KEYS:
+        if key in batch:
+            targets.setdefault(key, []).append(torch.as_tensor(batch[key]))
+
+
 @torch.no_grad()
-def extract_features(
+def extract_bank(
     backbone: VisionTransformer,
     dataset: Dataset,
-    kinds: tuple[str, ...] = ("cls",),
+    features: Sequence[str] = ("cls",),
+    blocks: bool = False,
+    tokens: Sequence[str] = (),
     image_size: int = 224,
     crop_fraction: float = 0.875,
     batch_size: int = 256,
@@ -41,24 +59,75 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     description: str = "features",
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Returns ``({kind: (n, dim) float32}, labels (n,) int64)`` in dataset order."""
+    max_images: int | None = None,
+    max_token_images: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One pass of the frozen backbone over ``dataset`` (the first ``max_images`` items).
+
+    Returns ``(bank, targets)``:
+    - bank[kind] (n, dim) float32 for each of ``features`` (see ``select_features``; ``lastN``:
+      the normed [cls] of the last N blocks concatenated, DINO's linear feature);
+    - with ``blocks``: bank["block{i}_cls"], bank["block{i}_patch_mean"] (n, D), normed, every block;
+    - bank["tokens"] (n, N, D) float16 patch tokens after the final norm, and/or
+      bank["tokens_prenorm"] (n, N, D) float16 of the last block before it, if asked in ``tokens``;
+      (patch tokens only for the first ``max_token_images`` images: they are large);
+    - targets: every key of ``TARGET_KEYS`` the items carry, stacked (``label`` always).
+    """
+    for kind in features:
+        parse_feature(kind)
     backbone = backbone.to(device).eval()
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, range(max_images))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    outputs: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds}
-    labels = []
+    n_cls, depth = backbone.n_cls, backbone.depth
+    bank: dict[str, list[torch.Tensor]] = {}
+    targets: dict[str, list[torch.Tensor]] = {}
+
+    seen = 0
+
+    def add(name: str, value: torch.Tensor, dtype=torch.float32) -> None:
+        bank.setdefault(name, []).append(value.to("cpu", dtype))
+
+    def add_tokens(name: str, value: torch.Tensor) -> None:
+        room = len(value) if max_token_images is None else max(0, max_token_images - seen)
+        if room:
+            add(name, value[:room], torch.float16)
+
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
             images = batch["image"].to(device)
             boxes = center_box(batch["aspect"].to(device), crop_fraction)
             crops = normalize(crop_resize(images, boxes, image_size))
-            tokens = backbone.forward_features(crops)
-            for kind in kinds:
-                outputs[kind].append(select_features(tokens, backbone.n_cls, kind).float().cpu())
-            labels.append(torch.as_tensor(batch["label"]))
+            hidden = backbone.forward_intermediates(crops, range(depth))  # pre-norm, every block
+            final = backbone.norm(hidden[-1])
+            for kind in features:
+                if kind.startswith("last"):
+                    last = hidden[-int(kind[4:]):]
+                    add(kind, torch.cat([backbone.norm(h[:, 0]) for h in last], dim=1))
+                else:
+                    add(kind, select_features(final, n_cls, kind))
+            if blocks:
+                for i, h in enumerate(hidden):
+                    normed = backbone.norm(h)
+                    add(f"block{i}_cls", normed[:, 0])
+                    add(f"block{i}_patch_mean", normed[:, n_cls:].mean(dim=1))
+            if "tokens" in tokens:
+                add_tokens("tokens", final[:, n_cls:])
+            if "tokens_prenorm" in tokens:
+                add_tokens("tokens_prenorm", hidden[-1][:, n_cls:])
+            _collate_targets(batch, targets)
+            seen += len(images)
             bar.advance(task, len(images))
-    return {k: torch.cat(v) for k, v in outputs.items()}, torch.cat(labels)
+    return {k: torch.cat(v) for k, v in bank.items()}, {k: torch.cat(v) for k, v in targets.items()}
+
+
+def extract_features(
+    backbone: VisionTransformer, dataset: Dataset, kinds: tuple[str, ...] = ("cls",), **kwargs
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({kind: (n, dim)}, labels (n,))``: the features part of ``extract_bank``."""
+    bank, targets = extract_bank(backbone, dataset, features=kinds, **kwargs)
+    return bank, targets["label"]
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a foreign or damaged file: say which
-        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+        raise ValueError(f"cannot load checkpoint {path}: {error}") from error
 
 
 def export_backbone(path: str | Path, backbone: torch.nn.Module, extra: dict | None = None) -> None:

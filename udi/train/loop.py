@@ -259,13 +259,16 @@ class Trainer:
         check_finite(values, self.step)
         self.failed_images += round(stats[-1].item() * self.info.world_size)
         self.seen_images += self.global_batch
-        self._check_failures()
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        self._check_failures(min_images=0 if end_of_epoch else 100)
         return {**values, **sched}
 
-    def _check_failures(self) -> None:
+    def _check_failures(self, min_images: int) -> None:
+        """Stop when more than ``data.max_fail_fraction`` of the images met could not be decoded
+        (judged after ``min_images``, and at every epoch end whatever the count)."""
         total = self.seen_images + self.failed_images
         limit = self.cfg["data"]["max_fail_fraction"]
-        if total >= 100 and self.failed_images > limit * total:
+        if total >= min_images and self.failed_images > limit * total:
             raise RuntimeError(
                 f"{self.failed_images} of {total} images could not be decoded (more than {limit:.0%}): "
                 f"check the data folder {self.cfg['data']['path']} (the warnings above name the files)"

@@ -1,0 +1,72 @@
+"""`udi eval` end to end on a tiny checkpoint: every protocol, cached features, outputs."""
+
+import json
+
+import torch
+
+from udi.cli import main
+from udi.eval.suite import SuiteOptions, run_suite, summarize
+from udi.models.vit import build_vit
+from udi.train.checkpoint import export_backbone
+
+FAST = ["--linear-epochs", "2", "--selagg-epochs", "2", "--dense-epochs", "2", "--max-images", "300", "--no-progress"]
+
+
+def tiny_backbone(tmp_path):
+    torch.manual_seed(0)
+    model = build_vit("vit_nano", patch_size=8, img_size=16, n_cls=2, depth=2)
+    export_backbone(tmp_path / "backbone.safetensors", model)
+    return tmp_path / "backbone.safetensors"
+
+
+def test_every_protocol_end_to_end_on_scenes(tmp_path, capsys):
+    weights = tiny_backbone(tmp_path)
+    out = tmp_path / "eval"
+    assert main(["eval", "--weights", str(weights), "--data", "scenes", "--out", str(out), *FAST]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(results) == {"seconds", "knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats"}
+    assert set(results["knn"]) == {"cls"} and set(results["linear"]) == {"last2"}  # the papers' defaults
+    assert set(results["richness"]) == {"cls", "cls+", "cls_cat", "patch_mean"}  # one row per feature
+    assert set(results["layers"]["layers"]) == {"block0_cls", "block0_patch_mean", "block1_cls", "block1_patch_mean"}
+    assert results["linear"]["last2"]["augmented"] is True
+    assert 0 <= results["dense"]["dense_miou"] <= 100
+    assert len(results["attnstats"]["blocks"]) == 2
+    for name in ("metrics.json", "metrics.md", "features_train.pt", "features_val.pt", "attnstats.json",
+                 "attn_cls_entropy.png", "attn_cls_to_cls.png", "attn_patch_entropy.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text()) == results
+
+
+def test_features_are_extracted_once_and_reused(tmp_path, monkeypatch):
+    weights = tiny_backbone(tmp_path)
+    from udi.models.pretrained import load_backbone
+
+    backbone = load_backbone(weights)
+    calls = []
+    import udi.eval.suite as suite
+
+    real = suite.extract_bank
+    monkeypatch.setattr(suite, "extract_bank", lambda *a, **k: calls.append(k["description"]) or real(*a, **k))
+    options = SuiteOptions(max_images=64, progress=False, linear_augment=False, linear_epochs=1, lowshot_repeats=1)
+    first = run_suite(backbone, "digits", ["knn", "linear", "lowshot"], out_dir=tmp_path / "o", options=options, ident="w")
+    assert calls == ["train features", "val features"]  # one pass per split for three protocols
+    second = run_suite(backbone, "digits", ["knn", "linear", "lowshot"], out_dir=tmp_path / "o", options=options, ident="w")
+    assert calls == ["train features", "val features"]  # cached on disk
+    assert summarize(first) == summarize(second)
+    run_suite(backbone, "digits", ["knn"], out_dir=tmp_path / "o", options=options, ident="other weights")
+    assert len(calls) == 4  # another backbone: the cache key differs
+
+
+def test_compare_marks_best_per_column(tmp_path, capsys):
+    weights = tiny_backbone(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(1)
+    export_backbone(other / "backbone.safetensors", build_vit("vit_nano", patch_size=8, img_size=16, n_cls=1, depth=2))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(weights), str(other), "--data", "digits", "--protocols", "knn",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(rows) == {"backbone", "other"}
+    table = (out / "compare.md").read_text()
+    assert table.startswith("| model | knn k20 [cls] |") and table.count("**") == 2  # one best cell

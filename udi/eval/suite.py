@@ -1,0 +1,224 @@
+"""The evaluation suite: every protocol of METHODS.md section 6 on one frozen backbone.
+
+Features are extracted once per split (one pass computes everything the chosen protocols
+need) and cached in the output directory. Results are nested by protocol and feature:
+``{"knn": {"cls": {"knn_top1_k20": 71.2, ...}}, "linear": {"last4": {...}}, ...}``;
+``summarize`` flattens them into one row of a comparison table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+from sklearn.exceptions import ConvergenceWarning
+
+from udi.data.datasets import BUILTIN_DATASETS, build_dataset
+from udi.eval.features import FEATURES, extract_bank, parse_feature
+from udi.models.vit import VisionTransformer
+
+PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
+SCENES_ONLY = ("dense", "richness")  # need the masks and attribute targets of `scenes`
+FEATURE_PROTOCOLS = ("knn", "linear", "lowshot", "richness")  # the ones --features applies to
+
+
+@dataclass
+class SuiteOptions:
+    image_size: int | None = None  # None: the backbone's training size
+    batch_size: int = 256
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)
+    knn_temperature: float = 0.07
+    linear_epochs: int = 100
+    linear_augment: bool = True  # recompute features per epoch with the protocol's augmentation
+    selagg_epochs: int = 50
+    dense_epochs: int = 20
+    lowshot_repeats: int = 3
+    max_token_images: int = 20_000  # train images whose patch tokens are kept (selagg, dense)
+    attn_images: int = 512
+    seed: int = 0
+    progress: bool = True
+    max_images: int | None = None  # use only the first N images of each split (quick looks, tests)
+
+
+def labelled_splits(data: str, canvas_size: int = 256, scenes_size: int = 32, seed: int = 0):
+    """(train, val) data sets of a built-in name or of a folder with train/ and val/ subfolders."""
+    if data in BUILTIN_DATASETS:
+        kwargs = {"name": data, "scenes_size": scenes_size, "seed": seed}
+    else:
+        root = Path(data)
+        if not (root / "train").is_dir() or not (root / "val").is_dir():
+            raise FileNotFoundError(
+                f"evaluation data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
+                "nor a folder with train/ and val/ subfolders"
+            )
+        kwargs = {"path": str(root), "canvas_size": canvas_size}
+    return build_dataset(split="train", **kwargs), build_dataset(split="val", **kwargs)
+
+
+def supported_protocols(data: str) -> list[str]:
+    return [p for p in PROTOCOLS if p not in SCENES_ONLY or data == "scenes"]
+
+
+def check_protocols(data: str, protocols: list[str] | None) -> list[str]:
+    """The protocols to run (default: all that ``data`` supports); a clear error otherwise."""
+    supported = supported_protocols(data)
+    protocols = protocols or supported
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {', '.join(unknown)} (choose from {', '.join(PROTOCOLS)})")
+    unsupported = [p for p in protocols if p not in supported]
+    if unsupported:
+        raise ValueError(f"protocol(s) {', '.join(unsupported)} need the masks and targets of 'scenes', not '{data}'")
+    return protocols
+
+
+def default_features(protocol: str, backbone: VisionTransformer) -> list[str]:
+    """The papers' choice per protocol ([cls] for k-NN and low-shot, DINO's concatenated
+    [cls] of the last 4 blocks for the linear probe, every feature for richness)."""
+    if protocol == "linear":
+        return [f"last{min(4, backbone.depth)}"]
+    if protocol == "richness":
+        return [f for f in FEATURES if backbone.n_cls >= 2 or f in ("cls", "patch_mean")]
+    return ["cls"]
+
+
+def weights_id(path: str | Path) -> str:
+    """Identifies a weights file for the feature cache (path, size, modification time)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "backbone.safetensors"
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class FeatureCache:
+    """Feature banks of the train and val splits, computed once, saved in ``out_dir``."""
+
+    def __init__(self, backbone, data, train_set, val_set, plan: dict, options: SuiteOptions, device, out_dir, ident):
+        self.backbone, self.data, self.options, self.device = backbone, data, options, device
+        self.sets = {"train": train_set, "val": val_set}
+        self.plan = plan
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.ident = ident
+        self.banks: dict[str, tuple[dict, dict]] = {}
+
+    def _key(self, split: str) -> str:
+        fields = {"weights": self.ident, "data": self.data, "split": split, **self.plan,
+                  "max_images": self.options.max_images,
+                  "image_size": self.image_size, "crop_fraction": self.crop_fraction,
+                  "max_token_images": self.options.max_token_images}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def image_size(self) -> int:
+        return self.options.image_size or self.backbone.img_size
+
+    @property
+    def crop_fraction(self) -> float:
+        return 1.0 if self.data in BUILTIN_DATASETS else 0.875  # small built-in images: keep them whole
+
+    def get(self, split: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if split in self.banks:
+            return self.banks[split]
+        key = self._key(split)
+        path = self.out_dir / f"features_{split}.pt" if self.out_dir else None
+        if path is not None and path.exists():
+            cached = torch.load(path, weights_only=True)
+            if cached.get("key") == key:
+                self.banks[split] = (cached["bank"], cached["targets"])
+                return self.banks[split]
+        bank, targets = extract_bank(
+            self.backbone, self.sets[split], features=self.plan["features"], blocks=self.plan["blocks"],
+            tokens=self.plan["tokens"], image_size=self.image_size, crop_fraction=self.crop_fraction,
+            batch_size=self.options.batch_size, device=self.device, progress=self.options.progress,
+            description=f"{split} features",
+            max_token_images=self.options.max_token_images if split == "train" else None,
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, "bank": bank, "targets": targets}, path)
+        self.banks[split] = (bank, targets)
+        return self.banks[split]
+
+
+def _plan(protocols: list[str], features: dict[str, list[str]]) -> dict:
+    wanted = sorted({f for p in protocols for f in features.get(p, [])} | {"cls"})
+    tokens = (["tokens"] if "dense" in protocols else []) + (["tokens_prenorm"] if "selagg" in protocols else [])
+    return {"features": wanted, "blocks": "layers" in protocols, "tokens": tokens}
+
+
+def run_suite(
+    backbone: VisionTransformer,
+    data: str,
+    protocols: list[str] | None = None,
+    features: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    options: SuiteOptions | None = None,
+    ident: str = "",
+) -> dict:
+    """Run ``protocols`` (default: all that ``data`` supports) and return the nested results,
+    with ``results["seconds"]`` the time each protocol took (feature extraction included).
+
+    ``features`` replaces the default feature choice of knn, linear, lowshot and richness.
+    """
+    options = options or SuiteOptions()
+    protocols = check_protocols(data, protocols)
+    chosen = {p: [parse_feature(f) for f in features] if features else default_features(p, backbone)
+              for p in FEATURE_PROTOCOLS}
+    for p in ("cls+", "cls_cat"):
+        if backbone.n_cls < 2 and any(p in v for v in chosen.values()):
+            raise ValueError(f"feature '{p}' needs a second class token; this backbone has one")
+    train_set, val_set = labelled_splits(data)
+    if options.max_images is not None:
+        train_set, val_set = (Subset(s, range(min(options.max_images, len(s)))) for s in (train_set, val_set))
+    cache = FeatureCache(backbone, data, train_set, val_set, _plan(protocols, chosen), options, device, out_dir, ident)
+    from udi.eval import runners
+
+    results: dict = {"seconds": {}}
+    for protocol in protocols:
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            # lbfgs on a few hundred samples often stops at max_iter; the probe is still valid.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            results[protocol] = getattr(runners, f"run_{protocol}")(
+                cache=cache, features=chosen.get(protocol, []), options=options, device=device, out_dir=out_dir
+            )
+        results["seconds"][protocol] = round(time.perf_counter() - start, 1)
+    return results
+
+
+def summarize(results: dict) -> dict[str, float]:
+    """One flat row of the headline numbers: ``{"knn k20 [cls]": 71.2, "linear [last4]": ...}``."""
+    row: dict[str, float] = {}
+    for feature, m in results.get("knn", {}).items():
+        k20 = [k for k in m if k.startswith("knn_top1_k")]
+        key = "knn_top1_k20" if "knn_top1_k20" in m else k20[0]
+        row[f"knn {key[9:]} [{feature}]"] = m[key]
+    for feature, m in results.get("linear", {}).items():
+        row[f"linear [{feature}]"] = m["linear_top1_best"]
+    for feature, m in results.get("lowshot", {}).items():
+        for key, value in m.items():
+            if key.endswith("_top1"):
+                row[f"{key[8:-5]} shot [{feature}]"] = value
+    if "selagg" in results:
+        row["selagg"] = results["selagg"]["selagg_top1_best"]
+        row["linear [cls] (selagg ref)"] = results["selagg"]["linear_cls_top1_best"]
+    if "layers" in results:
+        row["best layer knn [cls]"] = results["layers"]["best_cls_knn_top1"]
+        row["best layer knn [patch_mean]"] = results["layers"]["best_patch_mean_knn_top1"]
+    if "dense" in results:
+        row["dense mIoU"] = results["dense"]["dense_miou"]
+    for feature, m in results.get("richness", {}).items():
+        for key, value in m.items():
+            row[f"{key} [{feature}]"] = value
+    if "attnstats" in results:
+        last = results["attnstats"]["blocks"][-1]
+        row["last-block cls entropy"] = last["cls_entropy"]
+    return row
