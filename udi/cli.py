@@ -77,7 +77,7 @@ def compare_runs(runs: dict[str, object], data: str, protocols, out: Path | None
         sub = out / _slug(name) if out else None
         results[name] = run_suite(backbone, data, protocols, out_dir=sub, device=device, options=options, ident=ident)
         rows[name] = summarize(results[name])
-    console.print(compare_table(rows, f"{data}: best per column marked *"))
+    console.print(compare_table(rows, f"{data}: best per column marked *", width=console.width))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(markdown_table(rows))

@@ -70,3 +70,18 @@ def test_compare_marks_best_per_column(tmp_path, capsys):
     assert set(rows) == {"backbone", "other"}
     table = (out / "compare.md").read_text()
     assert table.startswith("| model | knn k20 [cls] |") and table.count("**") == 2  # one best cell
+
+
+def test_compare_table_transposes_when_too_wide():
+    from rich.console import Console
+
+    from udi.eval.tables import compare_table
+
+    rows = {"udi": {f"metric {i}": float(i) for i in range(12)}, "dino": {f"metric {i}": 1.0 for i in range(12)}}
+    console = Console(width=80, record=True)
+    console.print(compare_table(rows, width=80))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "metric 11" in text and "11.00*" in text  # metrics as rows, best still marked
+    wide = compare_table(rows, width=1000)
+    assert [c.header for c in wide.columns][:2] == ["model", "metric 0"]

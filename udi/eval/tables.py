@@ -18,24 +18,33 @@ def _best(rows: dict[str, dict[str, float]], column: str) -> float | None:
     return max(values) if len(values) > 1 else None
 
 
-def compare_table(rows: dict[str, dict[str, float]], title: str = "") -> Table:
-    """Models as rows, metrics as columns, the best value per column in bold green with a *."""
+def _cell(value: float | None, best: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"[bold green]{value:.2f}*[/bold green]" if value == best else f"{value:.2f}"
+
+
+def compare_table(rows: dict[str, dict[str, float]], title: str = "", width: int | None = None) -> Table:
+    """Models as rows, metrics as columns, the best value per column in bold green with a *.
+
+    When that would not fit ``width`` characters (a terminal), metrics become the rows instead."""
+    columns = _columns(rows)
+    needed = max(map(len, rows)) + sum(max(len(c), 7) + 3 for c in columns)
+    if width is not None and needed > width:
+        table = Table(title=title)
+        table.add_column("metric")
+        for name in rows:
+            table.add_column(escape(name), justify="right")
+        for column in columns:
+            best = _best(rows, column)
+            table.add_row(escape(column), *(_cell(m.get(column), best) for m in rows.values()))
+        return table
     table = Table(title=title)
     table.add_column("model")
-    columns = _columns(rows)
     for column in columns:
         table.add_column(escape(column), justify="right")
     for name, metrics in rows.items():
-        cells = []
-        for column in columns:
-            value = metrics.get(column)
-            if value is None:
-                cells.append("-")
-            elif value == _best(rows, column):
-                cells.append(f"[bold green]{value:.2f}*[/bold green]")
-            else:
-                cells.append(f"{value:.2f}")
-        table.add_row(escape(name), *cells)
+        table.add_row(escape(name), *(_cell(metrics.get(c), _best(rows, c)) for c in columns))
     return table
 
 
