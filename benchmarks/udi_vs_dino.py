@@ -40,10 +40,9 @@ def main() -> None:
         tick = time.perf_counter()
         pretrain(cfg, out / method)
         seconds[method] = round(time.perf_counter() - tick, 1)
-        runs[f"{method} ({args.steps} steps)"] = (load_backbone(out / method), f"{method}:{args.steps}")
-    torch.manual_seed(cfg["train"]["seed"])
-    runs["random init"] = (build_network(load_config(resolve_config_path("udi_cpu_demo"), args.overrides)).backbone.eval(),
-                           "random")
+        runs[f"{method} ({args.steps} steps)"] = load_backbone(out / method)
+    torch.manual_seed(cfg["train"]["seed"])  # the initial weights both runs started from
+    runs["random init"] = build_network(load_config(resolve_config_path("udi_cpu_demo"), args.overrides)).backbone.eval()
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=3, progress=True)
     rows = compare_runs(runs, "scenes", args.protocols.split(","), out / "compare", torch.device("cpu"), options)
     total = round(time.perf_counter() - start, 1)

@@ -39,6 +39,22 @@ def test_demo_compares_with_random_init(tmp_path, capsys):
     assert (tmp_path / "eval" / "compare.md").exists()
 
 
+def test_demo_random_init_is_the_runs_initial_weights(tmp_path, capsys):
+    """The demo's baseline must be the network the run started from, whatever was loaded before."""
+    import torch
+
+    from udi.config import load_config, resolve_config_path
+    from udi.eval.suite import SuiteOptions, run_suite, summarize
+    from udi.models.network import build_network
+
+    assert main(["demo", "--out", str(tmp_path), "--protocols", "knn", *DIGITS, "train.max_steps=1"]) == 0
+    reported = last_json(capsys)["random init"]
+    cfg = load_config(resolve_config_path("udi_cpu_demo"), DIGITS + ["train.max_steps=1"])
+    torch.manual_seed(cfg["train"]["seed"])
+    initial = build_network(cfg).backbone.eval()
+    assert summarize(run_suite(initial, "digits", ["knn"], options=SuiteOptions(progress=False))) == reported
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -47,7 +47,7 @@ def _protocol_list(args) -> list[str] | None:
 
 
 def cmd_eval(args) -> int:
-    from udi.eval.suite import check_protocols, run_suite, summarize, weights_id
+    from udi.eval.suite import check_protocols, run_suite, summarize
     from udi.eval.tables import markdown_table, metric_table
     from udi.models.pretrained import load_backbone
 
@@ -56,7 +56,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else None
     results = run_suite(
         backbone, args.data, _protocol_list(args), args.features.split(",") if args.features else None,
-        out_dir=out, device=_device(args.device), options=_suite_options(args), ident=weights_id(args.weights),
+        out_dir=out, device=_device(args.device), options=_suite_options(args),
     )
     row = summarize(results)
     console.print(metric_table(row, f"{Path(args.weights).name} on {args.data}"))
@@ -67,15 +67,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def compare_runs(runs: dict[str, object], data: str, protocols, out: Path | None, device, options) -> dict:
+def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options) -> dict:
     """Evaluate several backbones (name -> backbone) with the same protocols; one row each."""
     from udi.eval.suite import run_suite, summarize
     from udi.eval.tables import compare_table, markdown_table
 
     rows, results = {}, {}
-    for name, (backbone, ident) in runs.items():
+    for name, backbone in runs.items():
         sub = out / _slug(name) if out else None
-        results[name] = run_suite(backbone, data, protocols, out_dir=sub, device=device, options=options, ident=ident)
+        results[name] = run_suite(backbone, data, protocols, out_dir=sub, device=device, options=options)
         rows[name] = summarize(results[name])
     console.print(compare_table(rows, f"{data}: best per column marked *", width=console.width))
     if out is not None:
@@ -90,14 +90,14 @@ def _slug(name: str) -> str:
 
 
 def cmd_compare(args) -> int:
-    from udi.eval.suite import check_protocols, weights_id
+    from udi.eval.suite import check_protocols
     from udi.models.pretrained import load_backbone
 
     check_protocols(args.data, _protocol_list(args))
     runs = {}
     for path in args.runs:
         name = Path(path).name if Path(path).is_dir() else Path(path).stem
-        runs[name] = (load_backbone(path), weights_id(path))
+        runs[name] = load_backbone(path)
     out = Path(args.out) if args.out else None
     rows = compare_runs(runs, args.data, _protocol_list(args), out, _device(args.device), _suite_options(args))
     print(json.dumps(rows))
@@ -118,11 +118,9 @@ def cmd_demo(args) -> int:
                   f"'{cfg['data']['name']}' into {args.out}")
     summary = pretrain(cfg, args.out)
     train_time = time.perf_counter() - start
-    torch.manual_seed(cfg["train"]["seed"])  # the same initial weights the run started from
-    runs = {
-        f"{cfg['method']} teacher ({summary['step']} steps)": (load_backbone(args.out), "trained"),
-        "random init": (build_network(cfg).backbone.eval(), "random"),
-    }
+    torch.manual_seed(cfg["train"]["seed"])  # the initial weights of the run: build before anything else draws
+    random_init = build_network(cfg).backbone.eval()
+    runs = {f"{cfg['method']} teacher ({summary['step']} steps)": load_backbone(args.out), "random init": random_init}
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
                         _device(cfg["train"]["device"]), options)

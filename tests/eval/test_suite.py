@@ -48,13 +48,15 @@ def test_features_are_extracted_once_and_reused(tmp_path, monkeypatch):
     real = suite.extract_bank
     monkeypatch.setattr(suite, "extract_bank", lambda *a, **k: calls.append(k["description"]) or real(*a, **k))
     options = SuiteOptions(max_images=64, progress=False, linear_augment=False, linear_epochs=1, lowshot_repeats=1)
-    first = run_suite(backbone, "digits", ["knn", "linear", "lowshot"], out_dir=tmp_path / "o", options=options, ident="w")
+    first = run_suite(backbone, "digits", ["knn", "linear", "lowshot"], out_dir=tmp_path / "o", options=options)
     assert calls == ["train features", "val features"]  # one pass per split for three protocols
-    second = run_suite(backbone, "digits", ["knn", "linear", "lowshot"], out_dir=tmp_path / "o", options=options, ident="w")
+    second = run_suite(backbone, "digits", ["knn", "linear", "lowshot"], out_dir=tmp_path / "o", options=options)
     assert calls == ["train features", "val features"]  # cached on disk
     assert summarize(first) == summarize(second)
-    run_suite(backbone, "digits", ["knn"], out_dir=tmp_path / "o", options=options, ident="other weights")
-    assert len(calls) == 4  # another backbone: the cache key differs
+    with torch.no_grad():
+        backbone.norm.weight.add_(1.0)  # other weights, same everything else
+    run_suite(backbone, "digits", ["knn"], out_dir=tmp_path / "o", options=options)
+    assert len(calls) == 4  # the cache key follows the weights
 
 
 def test_compare_marks_best_per_column(tmp_path, capsys):

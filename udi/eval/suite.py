@@ -88,24 +88,24 @@ def default_features(protocol: str, backbone: VisionTransformer) -> list[str]:
     return ["cls"]
 
 
-def weights_id(path: str | Path) -> str:
-    """Identifies a weights file for the feature cache (path, size, modification time)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "backbone.safetensors"
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+def fingerprint(backbone: VisionTransformer) -> str:
+    """Hash of the weights (the feature cache's key: a cache never outlives the weights it came from)."""
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class FeatureCache:
     """Feature banks of the train and val splits, computed once, saved in ``out_dir``."""
 
-    def __init__(self, backbone, data, train_set, val_set, plan: dict, options: SuiteOptions, device, out_dir, ident):
+    def __init__(self, backbone, data, train_set, val_set, plan: dict, options: SuiteOptions, device, out_dir):
         self.backbone, self.data, self.options, self.device = backbone, data, options, device
         self.sets = {"train": train_set, "val": val_set}
         self.plan = plan
         self.out_dir = Path(out_dir) if out_dir else None
-        self.ident = ident
+        self.ident = fingerprint(backbone) if out_dir else ""
         self.banks: dict[str, tuple[dict, dict]] = {}
 
     def _key(self, split: str) -> str:
@@ -161,7 +161,6 @@ def run_suite(
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     options: SuiteOptions | None = None,
-    ident: str = "",
 ) -> dict:
     """Run ``protocols`` (default: all that ``data`` supports) and return the nested results,
     with ``results["seconds"]`` the time each protocol took (feature extraction included).
@@ -178,7 +177,7 @@ def run_suite(
     train_set, val_set = labelled_splits(data)
     if options.max_images is not None:
         train_set, val_set = (Subset(s, range(min(options.max_images, len(s)))) for s in (train_set, val_set))
-    cache = FeatureCache(backbone, data, train_set, val_set, _plan(protocols, chosen), options, device, out_dir, ident)
+    cache = FeatureCache(backbone, data, train_set, val_set, _plan(protocols, chosen), options, device, out_dir)
     from udi.eval import runners
 
     results: dict = {"seconds": {}}
