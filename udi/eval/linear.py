@@ -103,6 +103,22 @@ def top1(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch_size: in
     return 100.0 * correct / max(len(x), 1)
 
 
+def sgd_step(loss: Tensor, opt: torch.optim.Optimizer, sched) -> None:
+    """One optimiser step, the schedule stepped with it."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def end_of_epoch(classify, val_x: Tensor, val_y: Tensor, cfg: LinearConfig, device, best: float, bar, task):
+    """Val top-1 after an epoch: returns (best so far, this epoch's) and updates the progress bar."""
+    final = top1(classify, val_x, val_y, max(cfg.batch_size, 1024), device)
+    best = max(best, final)
+    bar.update(task, advance=1, description=f"linear probe: val top-1 {final:.1f}% (best {best:.1f}%)")
+    return best, final
+
+
 def train_linear_on_features(
     train_x: Tensor,
     train_y: Tensor,
@@ -162,13 +178,8 @@ def train_linear_on_features(
             for idx in epoch_batches(n, cfg.batch_size, generator):
                 idx = idx.to(train_x.device)
                 loss = F.cross_entropy(classify(train_x[idx].to(device).float()), train_y[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            final = top1(classify, val_x, val_y, max(cfg.batch_size, 1024), device)
-            best = max(best, final)
-            bar.update(task, advance=1, description=f"linear probe: val top-1 {final:.1f}% (best {best:.1f}%)")
+                sgd_step(loss, opt, sched)
+            best, final = end_of_epoch(classify, val_x, val_y, cfg, device, best, bar, task)
     return {"linear_top1_best": best, "linear_top1_final": final}
 
 
@@ -272,13 +283,8 @@ def train_linear_augmented(
                 for batch in loader:
                     x = features(batch["image"], torch.as_tensor(batch["aspect"], dtype=torch.float32))
                     loss = F.cross_entropy(head(x), torch.as_tensor(batch["label"]).to(device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                final = top1(head, val_x, val_y, max(cfg.batch_size, 1024), device)
-                best = max(best, final)
-                bar.update(task, advance=1, description=f"linear probe: val top-1 {final:.1f}% (best {best:.1f}%)")
+                    sgd_step(loss, opt, sched)
+                best, final = end_of_epoch(head, val_x, val_y, cfg, device, best, bar, task)
     finally:
         backbone.train(was_training)
     return {"linear_top1_best": best, "linear_top1_final": final}
