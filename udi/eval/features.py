@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -120,15 +119,3 @@ def extract_bank(
             seen += len(images)
             bar.advance(task, len(images))
     return {k: torch.cat(v) for k, v in bank.items()}, {k: torch.cat(v) for k, v in targets.items()}
-
-
-def extract_features(
-    backbone: VisionTransformer, dataset: Dataset, kinds: tuple[str, ...] = ("cls",), **kwargs
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``({kind: (n, dim)}, labels (n,))``: the features part of ``extract_bank``."""
-    bank, targets = extract_bank(backbone, dataset, features=kinds, **kwargs)
-    return bank, targets["label"]
-
-
-def l2_normalize(features: torch.Tensor) -> torch.Tensor:
-    return F.normalize(features, dim=1)
