@@ -37,6 +37,9 @@ def test_demo_compares_with_random_init(tmp_path, capsys):
     assert "random init" in result and any(k.startswith("udi teacher") for k in result)
     assert "knn k20 [cls]" in result["random init"]
     assert (tmp_path / "eval" / "compare.md").exists()
+    assert result["report"] == str(tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Evaluation</h2>" in page and "random init" in page  # the demo's comparison is in the report
 
 
 def test_demo_random_init_is_the_runs_initial_weights(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Command line: ``udi pretrain``, ``udi eval``, ``udi demo``."""
+"""Command line: ``udi pretrain``, ``udi eval``, ``udi compare``, ``udi demo``, ``udi viz``, ``udi embed``, ``udi report``."""
 
 from __future__ import annotations
 
@@ -46,23 +46,32 @@ def _protocol_list(args) -> list[str] | None:
     return args.protocols.split(",") if args.protocols else None
 
 
-def cmd_eval(args) -> int:
-    from udi.eval.suite import check_protocols, run_suite, summarize
+def evaluate(backbone, name: str, data: str, protocols, features, out: Path | None, device, options) -> dict:
+    """Run the suite on one backbone, print its table, write ``metrics.json`` and ``metrics.md`` in ``out``."""
+    from udi.eval.suite import run_suite, summarize
     from udi.eval.tables import markdown_table, metric_table
+
+    results = run_suite(backbone, data, protocols, features, out_dir=out, device=device, options=options)
+    row = summarize(results)
+    console.print(metric_table(row, f"{name} on {data}"))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        (out / "metrics.md").write_text(markdown_table({name: row}))
+    return results
+
+
+def cmd_eval(args) -> int:
+    from udi.eval.suite import check_protocols
     from udi.models.pretrained import load_backbone
 
     check_protocols(args.data, _protocol_list(args))  # before the (possibly slow) weights
     backbone = load_backbone(args.weights, num_heads=args.num_heads)
-    out = Path(args.out) if args.out else None
-    results = run_suite(
-        backbone, args.data, _protocol_list(args), args.features.split(",") if args.features else None,
-        out_dir=out, device=_device(args.device), options=_suite_options(args),
+    results = evaluate(
+        backbone, Path(args.weights).name, args.data, _protocol_list(args),
+        args.features.split(",") if args.features else None, Path(args.out) if args.out else None,
+        _device(args.device), _suite_options(args),
     )
-    row = summarize(results)
-    console.print(metric_table(row, f"{Path(args.weights).name} on {args.data}"))
-    if out is not None:
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        (out / "metrics.md").write_text(markdown_table({Path(args.weights).name: row}))
     print(json.dumps(results))
     return 0
 
@@ -106,7 +115,7 @@ def cmd_compare(args) -> int:
 
 def cmd_demo(args) -> int:
     """UDI pretraining on the built-in scenes on the CPU, then the evaluation suite:
-    trained teacher vs the same network at random initialisation."""
+    trained teacher vs the same network at random initialisation; ends with the run's report."""
     from udi.eval.suite import SuiteOptions
     from udi.models.network import build_network
     from udi.models.pretrained import load_backbone
@@ -125,7 +134,112 @@ def cmd_demo(args) -> int:
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
                         _device(cfg["train"]["device"]), options)
     console.print(f"pretraining took {train_time:.0f} s; run directory: {args.out}")
-    print(json.dumps({"train_seconds": round(train_time, 1), **rows}))
+    from udi.viz.report import write_report
+
+    report = write_report(args.out, device=_device(cfg["train"]["device"]))
+    console.print(f"report (curves, evaluation, attention maps, patch PCA): [bold]{report}[/bold]")
+    print(json.dumps({"train_seconds": round(train_time, 1), **rows, "report": str(report)}))
+    return 0
+
+
+def _load_for_viz(args, with_srs: bool):
+    """Backbone and (``with_srs``) SRS module of ``--weights`` on ``--device``; the SRS module is
+    None when the weights have none."""
+    from udi.models.pretrained import load_backbone, load_backbone_and_srs
+
+    if with_srs:
+        backbone, srs = load_backbone_and_srs(args.weights, num_heads=args.num_heads)
+    else:  # a run directory's backbone.safetensors: no need to read the whole checkpoint
+        backbone, srs = load_backbone(args.weights, num_heads=args.num_heads), None
+    device = _device(args.device)
+    return backbone.to(device), None if srs is None else srs.to(device)
+
+
+def _input_size(args, backbone) -> int:
+    size = args.image_size or backbone.img_size
+    if size % backbone.patch_size:
+        raise ValueError(f"--image-size {size} is not a multiple of the patch size {backbone.patch_size}")
+    return size
+
+
+def cmd_viz_attention(args) -> int:
+    from udi.viz.attention import write_attention_grids
+    from udi.viz.images import check_sources, load_views
+
+    check_sources(args.image)  # before the (possibly slow) weights
+    backbone, srs = _load_for_viz(args, with_srs=True)
+    if srs is None:
+        console.print(f"[yellow]note:[/yellow] no SRS module in {args.weights} (only UDI runs have one, saved in "
+                      "their checkpoint.pt: give the run directory or that file): SRS rows skipped")
+    views = load_views(args.image, _input_size(args, backbone))
+    paths = write_attention_grids(backbone, srs, views, args.out, num_points=args.points, seed=args.seed)
+    console.print(f"attention maps: {', '.join(map(str, paths))}")
+    print(json.dumps({"images": [str(p) for p in paths], "srs": srs is not None}))
+    return 0
+
+
+def cmd_viz_pca(args) -> int:
+    from udi.viz.attention import save_figure
+    from udi.viz.images import check_sources, load_views
+    from udi.viz.pca import patch_pca_figure
+
+    check_sources(args.images)
+    backbone, _ = _load_for_viz(args, with_srs=False)
+    views = load_views(args.images, _input_size(args, backbone))
+    fig = patch_pca_figure(backbone, views, threshold=None if args.no_mask else args.threshold)
+    path = save_figure(fig, Path(args.out) / "pca.png")
+    console.print(f"patch PCA: {path}")
+    print(json.dumps({"image": str(path)}))
+    return 0
+
+
+def cmd_viz_curves(args) -> int:
+    from udi.viz.curves import write_curves
+
+    path = write_curves(args.run_dir, args.out)
+    console.print(f"training curves: {path}")
+    print(json.dumps({"image": str(path)}))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from udi.eval.embed import default_num_workers, embed_dataset, embedding_dataset, parse_embed_feature
+    from udi.models.pretrained import load_backbone
+
+    dataset, item_name, crop_fraction = embedding_dataset(args.data, args.split)  # before the weights
+    backbone = load_backbone(args.weights, num_heads=args.num_heads)
+    parse_embed_feature(args.features, backbone)
+    result = embed_dataset(
+        backbone, dataset, args.features, args.out, item_name, image_size=_input_size(args, backbone),
+        crop_fraction=crop_fraction, batch_size=args.batch_size, device=_device(args.device),
+        num_workers=default_num_workers(args.data) if args.num_workers is None else args.num_workers,
+        dtype=args.dtype, progress=not args.no_progress,
+    )
+    console.print(f"{result.shape[0]} images -> {result.array} {result.shape}; image list: {result.items}")
+    print(json.dumps({"array": str(result.array), "items": str(result.items), "shape": list(result.shape),
+                      "seconds": result.seconds}))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from udi.models.pretrained import load_backbone
+    from udi.viz.report import config_data, find_eval_results, read_run_config, write_report
+
+    run = Path(args.run_dir)
+    if args.eval and run.is_dir() and not find_eval_results(run):
+        from udi.eval.suite import SuiteOptions, check_protocols
+
+        data = args.data or config_data(read_run_config(run)[1])
+        if data is None:
+            raise ValueError(f"--eval: no data set to evaluate on (give --data; {run}/config.yaml names none)")
+        protocols = check_protocols(data, args.eval.split(","))
+        console.print(f"no evaluation results in {run}: running {', '.join(protocols)} on '{data}' into {run / 'eval'}")
+        evaluate(load_backbone(run), run.name, data, protocols, None, run / "eval", _device(args.device),
+                 SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1))
+    path = write_report(run, args.out, data=args.data, image_size=args.image_size, device=_device(args.device),
+                        num_points=args.points)
+    console.print(f"report: [bold]{path}[/bold]")
+    print(json.dumps({"report": str(path)}))
     return 0
 
 
@@ -181,6 +295,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocols", default="knn,lowshot,richness", help="protocols of the final comparison")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+
+    def model_arguments(p, weights_help):
+        p.add_argument("--weights", required=True, help=weights_help)
+        p.add_argument("--image-size", type=int, help="model input size (default: the backbone's training size)")
+        p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default embed_dim/64)")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    viz = sub.add_parser("viz", help="pictures: attention maps, patch-feature PCA, training curves")
+    viz_sub = viz.add_subparsers(dest="picture", required=True)
+    p = viz_sub.add_parser("attention", help="last-block attention of each class token (and SRS queries) per head")
+    model_arguments(p, "run directory or checkpoint.pt (with the SRS module), backbone.safetensors, DINO/timm weights")
+    p.add_argument("--image", action="append", required=True,
+                   help="an image file or a built-in photo (astronaut, coffee, chelsea); repeat for several")
+    p.add_argument("--out", default="viz", help="directory for attention_<image>.png (default: viz)")
+    p.add_argument("--points", type=int, default=4, help="SRS query points per image (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the SRS query points")
+    p.set_defaults(func=cmd_viz_attention)
+    p = viz_sub.add_parser("pca", help="first three principal components of the patch tokens as RGB")
+    model_arguments(p, "run directory, backbone.safetensors, checkpoint.pt, or DINO/timm weights")
+    p.add_argument("--images", nargs="+", required=True, help="image files or built-in photos (astronaut, coffee, chelsea)")
+    p.add_argument("--out", default="viz", help="directory for pca.png (default: viz)")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground: first component (scaled to [0, 1]) above this")
+    p.add_argument("--no-mask", action="store_true", help="keep every patch (no foreground threshold)")
+    p.set_defaults(func=cmd_viz_pca)
+    p = viz_sub.add_parser("curves", help="training curves of RUN_DIR/log.jsonl as one PNG")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=cmd_viz_curves)
+
+    from udi.eval.embed import EMBED_FEATURES
+
+    p = sub.add_parser("embed", help="embeddings of every image of a data set to .npy (+ .txt image list)")
+    model_arguments(p, "run directory, backbone.safetensors, checkpoint.pt, or DINO/timm weights")
+    p.add_argument("--data", required=True, help="built-in name (scenes, mnist5k, digits) or a folder of images")
+    p.add_argument("--features", default="cls", help=f"one of {', '.join(EMBED_FEATURES)}, lastN (default cls); "
+                   "patch: (images, patches, dim)")
+    p.add_argument("--out", required=True, help="FILE.npy; the image list goes to FILE.txt")
+    p.add_argument("--split", default="all", choices=("all", "train", "val"),
+                   help="all (default), or the train/ or val/ subfolder (built-ins: their fixed split)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, help="decoding processes (default: 0 for built-ins, up to 8 for folders)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("report", help="one HTML page: config, curves, evaluation, attention maps, patch PCA")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="data set whose images are shown (default: the run's; built-in photos if too small)")
+    p.add_argument("--out", help="HTML path (default: RUN_DIR/report.html)")
+    p.add_argument("--image-size", type=int, help="model input size for the pictures (default: its training size)")
+    p.add_argument("--points", type=int, default=4, help="SRS query points per image (default 4)")
+    p.add_argument("--eval", metavar="PROTOCOLS",
+                   help="when RUN_DIR has no evaluation results, first run these protocols (e.g. knn,lowshot) "
+                        "on --data into RUN_DIR/eval")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

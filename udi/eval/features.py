@@ -16,6 +16,20 @@ FEATURES = ("cls", "cls+", "cls_cat", "patch_mean")
 TARGET_KEYS = ("label", "present", "color", "position", "count", "background", "mask")
 
 
+def eval_crop_fraction(data: str) -> float:
+    """Side of the evaluation crop relative to the shorter image side for data set ``data``."""
+    from udi.data.datasets import BUILTIN_DATASETS
+
+    return 1.0 if data in BUILTIN_DATASETS else 0.875  # small built-in images: keep them whole
+
+
+def eval_crops(images: torch.Tensor, aspect: torch.Tensor, image_size: int, crop_fraction: float) -> torch.Tensor:
+    """The evaluation transform of a batch: canvases (B, 3, H, W) (uint8 or float in [0, 1]) and
+    original aspect ratios (B,) -> centred square crops (B, 3, image_size, image_size), normalised."""
+    boxes = center_box(aspect.to(images.device), crop_fraction)
+    return normalize(crop_resize(images, boxes, image_size))
+
+
 def select_features(tokens: torch.Tensor, n_cls: int, kind: str) -> torch.Tensor:
     """tokens (B, n_cls + N, D) after the final norm -> (B, D) or (B, 2D) for ``cls_cat``."""
     if kind == "cls":
@@ -96,8 +110,7 @@ def extract_bank(
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
             images = batch["image"].to(device)
-            boxes = center_box(batch["aspect"].to(device), crop_fraction)
-            crops = normalize(crop_resize(images, boxes, image_size))
+            crops = eval_crops(images, batch["aspect"], image_size, crop_fraction)
             hidden = backbone.forward_intermediates(crops, range(depth))  # pre-norm, every block
             final = backbone.norm(hidden[-1])
             for kind in features:

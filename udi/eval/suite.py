@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 from sklearn.exceptions import ConvergenceWarning
 
 from udi.data.datasets import BUILTIN_DATASETS, build_dataset
-from udi.eval.features import FEATURES, extract_bank, parse_feature
+from udi.eval.features import FEATURES, eval_crop_fraction, extract_bank, parse_feature
 from udi.models.vit import VisionTransformer
 
 PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
@@ -121,7 +121,7 @@ class FeatureCache:
 
     @property
     def crop_fraction(self) -> float:
-        return 1.0 if self.data in BUILTIN_DATASETS else 0.875  # small built-in images: keep them whole
+        return eval_crop_fraction(self.data)
 
     def get(self, split: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         if split in self.banks:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 from udi.models.convert import load_converted
+from udi.models.srs import SRSModule
 from udi.models.vit import VisionTransformer, vit_from_config
 from udi.train.checkpoint import BACKBONE_FORMAT, load_checkpoint, read_backbone_file
 
@@ -34,20 +35,34 @@ def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTrans
         state, metadata = read_backbone_file(path)
         if metadata.get("format") != BACKBONE_FORMAT:
             return _converted(state, path, num_heads)  # e.g. a timm model.safetensors
-        model = vit_from_config(json.loads(metadata["arch"]))
-    else:
-        checkpoint = load_checkpoint(path)
-        if "teacher" not in checkpoint or "config" not in checkpoint:
-            return _converted(checkpoint, path, num_heads)  # DINO / timm layout
-        from udi.models.network import build_network  # the run's own architecture
+        return _load_state(vit_from_config(json.loads(metadata["arch"])), state, path)
+    checkpoint = load_checkpoint(path)
+    if not _is_run_checkpoint(checkpoint):
+        return _converted(checkpoint, path, num_heads)  # DINO / timm layout
+    return _teacher_backbone(checkpoint, path)
 
-        model = build_network(checkpoint["config"]).backbone
-        prefix = "backbone."
-        state = {k[len(prefix):]: v for k, v in checkpoint["teacher"].items() if k.startswith(prefix)}
+
+def _is_run_checkpoint(checkpoint: dict) -> bool:
+    return "teacher" in checkpoint and "config" in checkpoint
+
+
+def _load_state(model, state: dict, path: Path):
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the architecture (missing {missing}, unexpected {unexpected})")
     return model.eval()
+
+
+def _teacher_part(checkpoint: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in checkpoint["teacher"].items() if k.startswith(prefix)}
+
+
+def _teacher_backbone(checkpoint: dict, path: Path) -> VisionTransformer:
+    """The teacher backbone of a run's ``checkpoint.pt`` (already loaded)."""
+    from udi.models.network import build_network  # the run's own architecture
+
+    model = build_network(checkpoint["config"]).backbone
+    return _load_state(model, _teacher_part(checkpoint, "backbone."), path)
 
 
 def _converted(obj: dict, path: Path, num_heads: int | None) -> VisionTransformer:
@@ -55,3 +70,32 @@ def _converted(obj: dict, path: Path, num_heads: int | None) -> VisionTransforme
         return load_converted(obj, num_heads)
     except (ValueError, KeyError) as error:
         raise ValueError(f"{path}: not a udi file and not a DINO/timm ViT checkpoint ({error})") from error
+
+
+def load_backbone_and_srs(path: str | Path, num_heads: int | None = None) -> tuple[VisionTransformer, SRSModule | None]:
+    """The teacher backbone and the teacher's SRS module, both in eval mode.
+
+    The SRS module is saved only in a UDI run's ``checkpoint.pt``: for a run directory holding
+    one, or that file itself, both come from it (``backbone.safetensors`` is the same teacher
+    backbone, written at the same moment). Anything else gives ``(load_backbone(path), None)``,
+    and so does a run of a method without an SRS module (DINO).
+    """
+    path = Path(path)
+    checkpoint_path = path / "checkpoint.pt" if path.is_dir() else path
+    if checkpoint_path.suffix != ".pt" or not checkpoint_path.is_file():
+        return load_backbone(path, num_heads), None
+    checkpoint = load_checkpoint(checkpoint_path)
+    if not _is_run_checkpoint(checkpoint):
+        return _converted(checkpoint, checkpoint_path, num_heads), None
+    backbone = _teacher_backbone(checkpoint, checkpoint_path)
+    srs_state = _teacher_part(checkpoint, "srs.")
+    if not srs_state:
+        return backbone, None
+    # Head count is not recoverable from the weights: the run's udi.srs_heads, else the backbone's.
+    heads = (checkpoint["config"].get("udi") or {}).get("srs_heads") or backbone.num_heads
+    srs = SRSModule(srs_state["q.weight"].shape[0], heads)
+    try:
+        srs.load_state_dict(srs_state)
+    except RuntimeError as error:
+        raise ValueError(f"{checkpoint_path}: SRS weights do not match the run's config ({error})") from error
+    return backbone, srs.eval()
