@@ -21,6 +21,9 @@ def test_layering_defaults_file_overrides(tmp_path):
         ("train:\n  batch_size: 3\n", "set exactly one of 'data.name'"),
         ("data:\n  name: scenes\nviews:\n  global_size: 30\nmodel:\n  patch_size: 16\n", "divisible"),
         ("data:\n  name: scenes\ntrain: 3\n", "must be a mapping"),
+        ("data:\n  name: scenes\nviews:\n  color_jitter: [0.4, 0.4]\n", "'views.color_jitter' must be 4"),
+        ("data:\n  name: scenes\nviews:\n  color_jitter: [0.4, 0.4, 0.2, 0.7]\n", "hue <= 0.5"),
+        ("data:\n  name: scenes\nviews:\n  grayscale_p: 1.5\n", "'views.grayscale_p' must be a probability"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):
@@ -39,10 +42,11 @@ def test_override_errors():
 
 def test_every_shipped_config_loads():
     names = sorted(p.stem for p in config_dir().glob("*.yaml"))
-    assert {"udi_cpu_demo", "dino_cpu_demo", "udi_vits16_in1k_300ep", "dino_vits16_in1k_300ep"} <= set(names)
+    assert {"udi_cpu_demo", "dino_cpu_demo", "udi_vits16_in1k_300ep", "dino_vits16_in1k_300ep",
+            "bootleg_cpu_demo", "bootleg_vits16_in1k"} <= set(names)
     for name in names:
         cfg = load_config(resolve_config_path(name), ["data.path=/some/folder", "data.name=null"])
-        assert cfg["method"] in ("udi", "dino")
+        assert cfg["method"] in ("udi", "dino", "bootleg")
     in1k = load_config(resolve_config_path("udi_vits16_in1k_300ep"), ["data.path=/x"])
     assert in1k["model"]["arch"] == "vit_small" and in1k["train"]["epochs"] == 300
     assert in1k["views"]["n_local"] == 10 and in1k["head"]["out_dim"] == 65536

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 DEFAULTS: dict[str, Any] = {
-    "method": "udi",  # udi | dino
+    "method": "udi",  # udi | dino | bootleg
     "data": {
         "name": None,  # built-in: scenes | mnist5k | digits
         "path": None,  # a folder of images (ImageFolder layout or flat/recursive)
@@ -53,12 +53,30 @@ DEFAULTS: dict[str, Any] = {
         "shift": True,
         "photometric": True,
         "blur_sigma": [0.1, 2.0],  # Gaussian blur sigma range in pixels of the crop (DINO: for 224 px)
+        "color_jitter": [0.4, 0.4, 0.2, 0.1],  # brightness, contrast, saturation, hue (hue: fraction of the circle)
+        "color_jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "solarize_p": 0.2,
     },
     "udi": {
         "extra_token": True,  # the second class token [cls+] and its level
         "patch_level": True,  # the SRS patch level
         "alpha": 0.5,  # weight of the patch profile in the [cls+] target
         "srs_heads": None,  # None: the backbone's number of heads
+    },
+    "bootleg": {  # method: bootleg (METHODS.md section 5); model.* is the encoder, views.global_size its crop
+        "target_layers": "auto",  # "auto": blocks at depths L/4, L/2, 3L/4, L; or a list of 0-based block indices
+        "predictor_depth": 6,
+        "predictor_dim": None,  # None: half the encoder's width
+        "predictor_heads": None,  # None: the encoder's number of heads
+        "loss": "smooth_l1",  # smooth_l1 | mse | l1
+        "n_targets": 4,  # target blocks per image
+        "target_scale": [0.15, 0.2],  # area of a target block / image
+        "target_aspect": [0.75, 1.5],  # height / width of a target block
+        "context_scale": [0.85, 1.0],  # area of the context block / image (square), before removing the targets
+        "min_context": 10,  # context patches an image must keep (else the targets are excluded one fewer at a time)
+        "crop_scale": [0.3, 1.0],  # random resized crop area (I-JEPA)
+        "flip": True,  # horizontal flip with probability 0.5
     },
     "loss": {
         "student_temp": 0.1,
@@ -98,7 +116,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 CHOICES = {
-    "method": ("udi", "dino"),
+    "method": ("udi", "dino", "bootleg"),
+    "bootleg.loss": ("smooth_l1", "mse", "l1"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "views.srs_mode": ("random", "uniform", "dense"),
@@ -205,8 +224,60 @@ def validate(cfg: dict) -> None:
             raise ConfigError(
                 f"'views.{key}' ({views[key]}) must be divisible by 'model.patch_size' ({cfg['model']['patch_size']})"
             )
+    jitter = views["color_jitter"]
+    if not (isinstance(jitter, list) and len(jitter) == 4 and all(isinstance(j, (int, float)) and j >= 0 for j in jitter)
+            and jitter[3] <= 0.5):
+        raise ConfigError(
+            "'views.color_jitter' must be 4 non-negative numbers [brightness, contrast, saturation, hue] "
+            f"with hue <= 0.5; got {jitter!r}"
+        )
+    for key in ("color_jitter_p", "grayscale_p", "solarize_p"):
+        if not 0.0 <= views[key] <= 1.0:
+            raise ConfigError(f"'views.{key}' must be a probability in [0, 1]; got {views[key]!r}")
     if not 0.0 <= cfg["udi"]["alpha"] <= 1.0:
         raise ConfigError(f"'udi.alpha' must lie in [0, 1]; got {cfg['udi']['alpha']}")
+    _validate_bootleg(cfg)
+
+
+def _validate_bootleg(cfg: dict) -> None:
+    """Types and ranges of ``bootleg.*`` (the block indices are checked against the depth when
+    the network is built)."""
+    boot = cfg["bootleg"]
+    layers = boot["target_layers"]
+    if layers != "auto" and not (
+        isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+        and len(set(layers)) == len(layers)
+    ):
+        raise ConfigError(
+            f"'bootleg.target_layers' must be \"auto\" or a non-empty list of distinct 0-based block indices; got {layers!r}"
+        )
+    for key in ("predictor_depth", "n_targets", "min_context"):
+        if not isinstance(boot[key], int) or isinstance(boot[key], bool) or boot[key] < 1:
+            raise ConfigError(f"'bootleg.{key}' must be a positive integer; got {boot[key]!r}")
+    for key in ("predictor_dim", "predictor_heads"):
+        if boot[key] is not None and (not isinstance(boot[key], int) or isinstance(boot[key], bool) or boot[key] < 1):
+            raise ConfigError(f"'bootleg.{key}' must be a positive integer or null; got {boot[key]!r}")
+    for key, upper in (("target_scale", 1.0), ("context_scale", 1.0), ("crop_scale", 1.0), ("target_aspect", None)):
+        pair = boot[key]
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)
+                and 0 < pair[0] <= pair[1] and (upper is None or pair[1] <= upper)):
+            bound = " <= 1" if upper else ""
+            raise ConfigError(f"'bootleg.{key}' must be [low, high] with 0 < low <= high{bound}; got {pair!r}")
+    if not isinstance(boot["flip"], bool):
+        raise ConfigError(f"'bootleg.flip' must be true or false; got {boot['flip']!r}")
+    if cfg["method"] == "bootleg":
+        from udi.data.masking import MaskSpec
+
+        grid = cfg["views"]["global_size"] // cfg["model"]["patch_size"]
+        if grid < 2:
+            raise ConfigError(f"method bootleg needs a patch grid of at least 2 x 2; 'views.global_size' / "
+                              f"'model.patch_size' gives {grid} x {grid}")
+        try:
+            MaskSpec(grid, boot["n_targets"], tuple(boot["target_scale"]), tuple(boot["target_aspect"]),
+                     tuple(boot["context_scale"]), boot["min_context"])
+        except ValueError as error:  # MaskSpec names its field, which is the key in `bootleg`
+            raise ConfigError(f"bootleg.{error} (patch grid {grid} x {grid} = 'views.global_size' / "
+                              f"'model.patch_size')") from None
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:

@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from udi.data.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, center_box, crop_resize, normalize
+from udi.config import DEFAULTS
+from udi.data.augment import (
+    IMAGENET_MEAN, IMAGENET_STD, Photometric, center_box, crop_resize, normalize, photometric_from_config,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -106,3 +109,13 @@ def test_photometric_same_on_cuda():
     cpu = Photometric()(x, gen(9))
     cuda = Photometric()(x.cuda(), gen(9)).cpu()
     assert torch.allclose(cpu, cuda, atol=1e-4)
+
+
+def test_photometric_from_config_uses_every_key():
+    views = {**DEFAULTS["views"], "color_jitter": [0.1, 0.2, 0.3, 0.5], "color_jitter_p": 0.6,
+             "grayscale_p": 0.7, "solarize_p": 0.1, "blur_sigma": [0.2, 0.4], "photometric": False}
+    aug = photometric_from_config(views)
+    assert aug.jitter == (0.1, 0.2, 0.3, 0.5) and aug.jitter_p == 0.6 and aug.gray_p == 0.7
+    assert aug.solarize_p == 0.1 and aug.blur_sigma == (0.2, 0.4) and not aug.enabled
+    default = photometric_from_config(DEFAULTS["views"])  # the defaults are DINO's recipe
+    assert repr(default) == repr(Photometric())

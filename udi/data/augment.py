@@ -202,3 +202,15 @@ class Photometric:
         if do_solarize.any():
             x = torch.where(_per_sample(do_solarize.to(dev)) & (x >= 0.5), 1.0 - x, x)
         return x
+
+
+def photometric_from_config(views: dict) -> Photometric:
+    """The ``views`` section of a config -> its :class:`Photometric` recipe."""
+    return Photometric(
+        jitter=tuple(views["color_jitter"]),
+        jitter_p=views["color_jitter_p"],
+        gray_p=views["grayscale_p"],
+        blur_sigma=tuple(views["blur_sigma"]),
+        solarize_p=views["solarize_p"],
+        enabled=views["photometric"],
+    )

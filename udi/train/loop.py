@@ -21,19 +21,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from udi.config import ConfigError, dump_config
-from udi.data.augment import Photometric
+from udi.data.augment import photometric_from_config
 from udi.data.datasets import build_dataset
 from udi.data.views import ViewSpec, make_udi_views, one_hot_selection
 from udi.losses.udi import UDILoss
 from udi.models.network import build_network
 from udi.train import schedules
+from udi.train.bootleg_step import BootlegStep
 from udi.train.checkpoint import export_backbone, load_checkpoint, save_checkpoint
 from udi.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
 from udi.train.sampler import ResumableSampler
 
-TERMS = ("loss", "cls", "cls_plus", "patch")
+TERMS = ("loss", "cls", "cls_plus", "patch")  # udi / dino; bootleg: BootlegLoss.term_names
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
 
@@ -122,17 +123,24 @@ class Trainer:
                 f"(train.batch_size={train['batch_size']} x {self.info.world_size} processes)"
             )
         self.total_steps = train["epochs"] * self.steps_per_epoch
-        self.spec = view_spec(cfg)
-        self.photometric = Photometric(
-            blur_sigma=tuple(cfg["views"]["blur_sigma"]), enabled=cfg["views"]["photometric"]
-        )
+        is_bootleg = cfg["method"] == "bootleg"
+        self.spec = None if is_bootleg else view_spec(cfg)
+        self.photometric = photometric_from_config(cfg["views"])
 
         torch.manual_seed(train["seed"])  # identical initial weights on every process
         self.student = build_network(cfg).to(self.device)
-        self.teacher = copy.deepcopy(self.student).eval()
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
-        self.loss_fn = build_loss(cfg).to(self.device)
+        # Bootleg: its own batch and loss (udi.train.bootleg_step); the teacher is the encoder alone.
+        self.bootleg = BootlegStep(cfg, self.student.target_layers) if is_bootleg else None
+        if self.bootleg is None:
+            self.teacher = copy.deepcopy(self.student).eval()
+            for param in self.teacher.parameters():
+                param.requires_grad_(False)
+            self.loss_fn = build_loss(cfg).to(self.device)
+            self.terms = TERMS
+        else:
+            self.teacher = self.student.make_teacher()
+            self.loss_fn = self.bootleg.loss_fn.to(self.device)
+            self.terms = self.bootleg.log_names
         self.optimizer = build_optimizer(self.student)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train["precision"] == "fp16")
         self.global_batch = train["batch_size"] * self.info.world_size
@@ -145,7 +153,7 @@ class Trainer:
 
         self.model = self.student
         if self.info.distributed:
-            unused = self.student.srs is not None and not self.loss_fn.patch_level
+            unused = self.bootleg is None and self.student.srs is not None and not self.loss_fn.patch_level
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=device_ids, find_unused_parameters=unused)
         if train["compile"]:
@@ -171,10 +179,10 @@ class Trainer:
         if not path.exists():
             return
         state = load_checkpoint(path, map_location=self.device)
-        for key in ("method", "model", "head", "udi"):
-            if state["config"][key] != self.cfg[key]:
+        for key in ("method", "model", "head", "udi") + (("bootleg",) if self.bootleg else ()):
+            if state["config"].get(key) != self.cfg[key]:
                 raise ConfigError(
-                    f"{path} was trained with a different '{key}' config ({state['config'][key]}); "
+                    f"{path} was trained with a different '{key}' config ({state['config'].get(key)}); "
                     f"resume with the same settings or use another --out directory"
                 )
         self.student.load_state_dict(state["student"])
@@ -199,25 +207,62 @@ class Trainer:
     def _schedules(self, epoch: int) -> dict[str, float]:
         optim, loss = self.cfg["optim"], self.cfg["loss"]
         warmup = optim["warmup_epochs"] * self.steps_per_epoch
-        return {
+        values = {
             "lr": schedules.cosine_schedule(self.step, self.total_steps, self.base_lr, optim["min_lr"], warmup),
             "wd": schedules.cosine_schedule(self.step, self.total_steps, optim["weight_decay"], optim["weight_decay_end"]),
             "momentum": schedules.cosine_schedule(self.step, self.total_steps, optim["momentum_teacher"], 1.0),
-            "teacher_temp": schedules.teacher_temperature(
-                epoch, loss["warmup_teacher_temp"], loss["teacher_temp"], loss["warmup_teacher_temp_epochs"]
-            ),
         }
+        if self.bootleg is None:  # Bootleg has no temperature
+            values["teacher_temp"] = schedules.teacher_temperature(
+                epoch, loss["warmup_teacher_temp"], loss["teacher_temp"], loss["warmup_teacher_temp_epochs"]
+            )
+        return values
 
     def train_step(self, batch: dict, epoch: int) -> dict[str, float]:
         seed = step_seed(self.cfg["train"]["seed"], self.step, self.info.rank)
         torch.manual_seed(seed)  # drop path and anything else drawing from the global RNG
         generator = torch.Generator().manual_seed(seed)
+        sched = self._schedules(epoch)
+        set_lr_wd(self.optimizer, sched["lr"], sched["wd"])
+        if self.bootleg is None:
+            terms = self._udi_terms(batch, generator, sched)
+        else:
+            inputs = self.bootleg.make_batch(batch, self.device, generator)
+            with autocast_context(self.device, self.cfg["train"]["precision"]):
+                terms = self.bootleg.losses(self.model, self.teacher, inputs)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        if self.cfg["optim"]["clip_grad"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg["optim"]["clip_grad"])
+        if epoch < self.cfg["optim"]["freeze_last_layer"]:
+            cancel_last_layer_grads(self.student)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.bootleg is None:
+            ema_update(self.teacher, self.student, sched["momentum"])
+        else:  # the teacher is the encoder alone
+            ema_update(self.teacher.backbone, self.student.backbone, sched["momentum"])
+
+        # One small all-reduce: loss terms (mean over processes) and the data-failure count.
+        names = [n for n in self.terms if n in terms]
+        stats = torch.stack([terms[n].detach().float() for n in names] + [batch["failed"].sum().float().to(self.device)])
+        stats = all_reduce_mean(stats)
+        self.step += 1
+        values = dict(zip(names, stats[:-1].tolist()))
+        check_finite(values, self.step)
+        self.failed_images += round(stats[-1].item() * self.info.world_size)
+        self.seen_images += self.global_batch
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        self._check_failures(min_images=0 if end_of_epoch else 100)
+        return {**values, **sched}
+
+    def _udi_terms(self, batch: dict, generator: torch.Generator, sched: dict) -> dict[str, torch.Tensor]:
+        """UDI / DINO: views, teacher and student forward passes, loss terms (``TERMS``)."""
         canvas = batch["image"].to(self.device, non_blocking=True)
         aspect = batch["aspect"].to(self.device, non_blocking=True)
         views = make_udi_views(canvas, aspect, self.spec, generator, self.photometric)
-        sched = self._schedules(epoch)
-        set_lr_wd(self.optimizer, sched["lr"], sched["wd"])
-
         with autocast_context(self.device, self.cfg["train"]["precision"]):
             with torch.no_grad():
                 patches = self.loss_fn.needs_teacher_patches
@@ -238,30 +283,7 @@ class Trainer:
                 views.valid_local if patches and self.spec.n_local else None,
                 sched["teacher_temp"],
             )
-
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
-        if self.cfg["optim"]["clip_grad"]:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg["optim"]["clip_grad"])
-        if epoch < self.cfg["optim"]["freeze_last_layer"]:
-            cancel_last_layer_grads(self.student)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        ema_update(self.teacher, self.student, sched["momentum"])
-
-        # One small all-reduce: loss terms (mean over processes) and the data-failure count.
-        names = [n for n in TERMS if n in terms]
-        stats = torch.stack([terms[n].detach().float() for n in names] + [batch["failed"].sum().float().to(self.device)])
-        stats = all_reduce_mean(stats)
-        self.step += 1
-        values = dict(zip(names, stats[:-1].tolist()))
-        check_finite(values, self.step)
-        self.failed_images += round(stats[-1].item() * self.info.world_size)
-        self.seen_images += self.global_batch
-        end_of_epoch = self.step % self.steps_per_epoch == 0
-        self._check_failures(min_images=0 if end_of_epoch else 100)
-        return {**values, **sched}
+        return terms
 
     def _check_failures(self, min_images: int) -> None:
         """Stop when more than ``data.max_fail_fraction`` of the images met could not be decoded
@@ -314,7 +336,7 @@ class Trainer:
                         self.save()
                     if done:
                         break
-        return {"step": self.step, **{k: v for k, v in last.items() if k in TERMS}}
+        return {"step": self.step, **{k: v for k, v in last.items() if k in self.terms}}
 
     def _log(self, epoch: int, values: dict) -> None:
         if not self.info.is_main:
