@@ -129,6 +129,7 @@ def cmd_demo(args) -> int:
     train_time = time.perf_counter() - start
     torch.manual_seed(cfg["train"]["seed"])  # the initial weights of the run: build before anything else draws
     random_init = build_network(cfg).backbone.eval()
+    random_init.pretrain_method = cfg["method"]  # evaluated on the same default features as the teacher
     runs = {f"{cfg['method']} teacher ({summary['step']} steps)": load_backbone(args.out), "random init": random_init}
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="udi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (UDI or DINO); resumes from RUN_DIR/checkpoint.pt")
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (UDI, DINO or Bootleg: the config's method); resumes from RUN_DIR/checkpoint.pt")
     p.add_argument("--config", help="a YAML config file or the name of a shipped one (configs/)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.batch_size=32")

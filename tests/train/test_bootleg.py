@@ -132,6 +132,11 @@ def test_cli_pretrain_then_eval_patch_mean(tmp_path, capsys):
                  "--max-images", "64", "--no-progress"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn"]["patch_mean"]
     assert all(0 <= v <= 100 for v in metrics.values())
+    # Without --features, a Bootleg backbone (method in its metadata) is evaluated on patch_mean.
+    assert load_backbone(run).pretrain_method == "bootleg"
+    assert load_backbone(run / "checkpoint.pt").pretrain_method == "bootleg"
+    assert main(["eval", "knn", "--weights", str(run), "--data", "scenes", "--max-images", "64", "--no-progress"]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["knn"]) == {"patch_mean"}
 
 
 def _ddp_worker(rank, world, port, out_dir, result_dir):

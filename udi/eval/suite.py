@@ -80,11 +80,14 @@ def check_protocols(data: str, protocols: list[str] | None) -> list[str]:
 
 def default_features(protocol: str, backbone: VisionTransformer) -> list[str]:
     """The papers' choice per protocol ([cls] for k-NN and low-shot, DINO's concatenated
-    [cls] of the last 4 blocks for the linear probe, every feature for richness)."""
-    if protocol == "linear":
-        return [f"last{min(4, backbone.depth)}"]
+    [cls] of the last 4 blocks for the linear probe, every feature for richness). A Bootleg
+    backbone trains no [cls] objective: its natural feature is the mean patch token."""
     if protocol == "richness":
         return [f for f in FEATURES if backbone.n_cls >= 2 or f in ("cls", "patch_mean")]
+    if getattr(backbone, "pretrain_method", None) == "bootleg":
+        return ["patch_mean"]
+    if protocol == "linear":
+        return [f"last{min(4, backbone.depth)}"]
     return ["cls"]
 
 

@@ -35,11 +35,19 @@ def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTrans
         state, metadata = read_backbone_file(path)
         if metadata.get("format") != BACKBONE_FORMAT:
             return _converted(state, path, num_heads)  # e.g. a timm model.safetensors
-        return _load_state(vit_from_config(json.loads(metadata["arch"])), state, path)
+        model = _load_state(vit_from_config(json.loads(metadata["arch"])), state, path)
+        return _with_method(model, metadata.get("method"))
     checkpoint = load_checkpoint(path)
     if not _is_run_checkpoint(checkpoint):
         return _converted(checkpoint, path, num_heads)  # DINO / timm layout
-    return _teacher_backbone(checkpoint, path)
+    return _with_method(_teacher_backbone(checkpoint, path), checkpoint["config"].get("method"))
+
+
+def _with_method(model: VisionTransformer, method: str | None) -> VisionTransformer:
+    """Record the pretraining method (``udi`` | ``dino`` | ``bootleg``) on the backbone, so that
+    evaluation can default to its natural feature (``patch_mean`` for Bootleg, which trains no [cls])."""
+    model.pretrain_method = method
+    return model
 
 
 def _is_run_checkpoint(checkpoint: dict) -> bool:
