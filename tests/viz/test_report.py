@@ -87,6 +87,13 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
 def test_report_loads_in_a_headless_browser(tiny_run, tmp_path, capsys):
     assert main(["report", str(tiny_run)]) == 0
-    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          (tiny_run / "report.html").as_uri()], capture_output=True, text=True, timeout=60)
-    assert dom.returncode == 0 and "udi report" in dom.stdout and dom.stdout.count("<img") == 1 + NUM_IMAGES + 1
+    # A copy of the page with a script that records, once loaded, how many images the browser decoded.
+    page = tmp_path / "checked.html"
+    page.write_text((tiny_run / "report.html").read_text() + (
+        "<script>window.addEventListener('load', () => document.body.setAttribute('data-decoded', "
+        "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length));</script>"))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60)
+    expected = 1 + NUM_IMAGES + 1
+    assert dom.returncode == 0 and "udi report" in dom.stdout and dom.stdout.count("<img") == expected
+    assert f'data-decoded="{expected}"' in dom.stdout
