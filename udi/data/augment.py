@@ -27,6 +27,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def check_scale_range(name: str, value: tuple[float, float]) -> None:
+    """A range of area fractions ``(low, high)`` must satisfy ``0 < low <= high <= 1``."""
+    lo, hi = value
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"{name}={(lo, hi)} must satisfy 0 < low <= high <= 1")
+
+
 def to_float(images: Tensor) -> Tensor:
     """uint8 images in [0, 255] -> float32 in [0, 1]; float images are returned unchanged."""
     if images.dtype == torch.uint8:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from udi.data.augment import check_scale_range
+
 
 def block_size(grid: int, scale: float, aspect: float) -> tuple[int, int]:
     """(height, width) in patches of a block covering ``scale`` of a ``grid x grid`` grid with
@@ -59,9 +61,7 @@ class MaskSpec:
         if self.n_targets < 1:
             raise ValueError(f"n_targets={self.n_targets} must be >= 1")
         for name in ("target_scale", "context_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name}={(lo, hi)} must satisfy 0 < low <= high <= 1")
+            check_scale_range(name, getattr(self, name))
         lo, hi = self.target_aspect
         if not 0 < lo <= hi:
             raise ValueError(f"target_aspect={(lo, hi)} must satisfy 0 < low <= high")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from udi.data.augment import Photometric, crop_resize, normalize, to_float
+from udi.data.augment import Photometric, check_scale_range, crop_resize, normalize, to_float
 
 SRS_MODES = ("random", "uniform", "dense")
 _MAX_TRIES = 10  # torchvision's RandomResizedCrop attempts before the central fallback
@@ -57,9 +57,7 @@ class ViewSpec:
         if self.n_local < 0:
             raise ValueError(f"n_local={self.n_local} must be >= 0")
         for name in ("global_scale", "local_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name}={(lo, hi)} must satisfy 0 < low <= high <= 1")
+            check_scale_range(name, getattr(self, name))
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio={self.ratio} must satisfy 0 < low <= high")
         if not 0 <= self.flip_p <= 1:
