@@ -22,11 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset
-from udi.eval.features import FEATURES, eval_crop_fraction, eval_crops, select_features
+from udi.eval.features import EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, eval_crops, select_features
 from udi.models.vit import VisionTransformer
 
 EMBED_FEATURES = (*FEATURES, "patch")
-EVAL_CANVAS_SIZE = 256  # folder images are decoded onto this canvas, as in ``udi eval``
 
 
 def parse_embed_feature(kind: str, backbone: VisionTransformer) -> str:

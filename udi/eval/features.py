@@ -13,6 +13,7 @@ from udi.data.augment import center_box, crop_resize, normalize
 from udi.models.vit import VisionTransformer
 
 FEATURES = ("cls", "cls+", "cls_cat", "patch_mean")
+EVAL_CANVAS_SIZE = 256  # folder images are decoded onto this canvas for evaluation and embeddings
 TARGET_KEYS = ("label", "present", "color", "position", "count", "background", "mask")
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 from sklearn.exceptions import ConvergenceWarning
 
 from udi.data.datasets import BUILTIN_DATASETS, build_dataset
-from udi.eval.features import FEATURES, eval_crop_fraction, extract_bank, parse_feature
+from udi.eval.features import EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, parse_feature
 from udi.models.vit import VisionTransformer
 
 PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
@@ -46,7 +46,7 @@ class SuiteOptions:
     max_images: int | None = None  # use only the first N images of each split (quick looks, tests)
 
 
-def labelled_splits(data: str, canvas_size: int = 256, scenes_size: int = 32, seed: int = 0):
+def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size: int = 32, seed: int = 0):
     """(train, val) data sets of a built-in name or of a folder with train/ and val/ subfolders."""
     if data in BUILTIN_DATASETS:
         kwargs = {"name": data, "scenes_size": scenes_size, "seed": seed}

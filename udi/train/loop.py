@@ -125,7 +125,7 @@ class Trainer:
         self.total_steps = train["epochs"] * self.steps_per_epoch
         is_bootleg = cfg["method"] == "bootleg"
         self.spec = None if is_bootleg else view_spec(cfg)
-        self.photometric = photometric_from_config(cfg["views"])
+        self.photometric = None if is_bootleg else photometric_from_config(cfg["views"])
 
         torch.manual_seed(train["seed"])  # identical initial weights on every process
         self.student = build_network(cfg).to(self.device)
@@ -137,10 +137,12 @@ class Trainer:
                 param.requires_grad_(False)
             self.loss_fn = build_loss(cfg).to(self.device)
             self.terms = TERMS
+            self.ema_pair = (self.teacher, self.student)
         else:
             self.teacher = self.student.make_teacher()
             self.loss_fn = self.bootleg.loss_fn.to(self.device)
             self.terms = self.bootleg.log_names
+            self.ema_pair = (self.teacher.backbone, self.student.backbone)  # the teacher is the encoder alone
         self.optimizer = build_optimizer(self.student)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train["precision"] == "fp16")
         self.global_batch = train["batch_size"] * self.info.world_size
@@ -240,10 +242,7 @@ class Trainer:
             cancel_last_layer_grads(self.student)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.bootleg is None:
-            ema_update(self.teacher, self.student, sched["momentum"])
-        else:  # the teacher is the encoder alone
-            ema_update(self.teacher.backbone, self.student.backbone, sched["momentum"])
+        ema_update(*self.ema_pair, sched["momentum"])
 
         # One small all-reduce: loss terms (mean over processes) and the data-failure count.
         names = [n for n in self.terms if n in terms]

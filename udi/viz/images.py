@@ -45,6 +45,12 @@ def photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
+def _not_found(source: str | Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"image not found: {source} (expected an image file or a built-in photo: {', '.join(PHOTOS)})"
+    )
+
+
 def open_image(source: str | Path) -> Image.Image:
     """An image file (EXIF orientation applied, any mode converted to RGB) or a built-in photo name."""
     path = Path(source)
@@ -56,18 +62,14 @@ def open_image(source: str | Path) -> Image.Image:
             raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
     if str(source) in PHOTOS:
         return photo(str(source))
-    raise FileNotFoundError(
-        f"image not found: {source} (expected an image file or a built-in photo: {', '.join(PHOTOS)})"
-    )
+    raise _not_found(source)
 
 
 def check_sources(sources: list[str | Path]) -> None:
     """Fail early (before loading weights) if a source is neither a file nor a built-in photo name."""
     for source in sources:
         if not Path(source).is_file() and str(source) not in PHOTOS:
-            raise FileNotFoundError(
-                f"image not found: {source} (expected an image file or a built-in photo: {', '.join(PHOTOS)})"
-            )
+            raise _not_found(source)
 
 
 def make_view(image: Image.Image, image_size: int, name: str) -> View:
