@@ -24,6 +24,8 @@ def test_layering_defaults_file_overrides(tmp_path):
         ("data:\n  name: scenes\nviews:\n  color_jitter: [0.4, 0.4]\n", "'views.color_jitter' must be 4"),
         ("data:\n  name: scenes\nviews:\n  color_jitter: [0.4, 0.4, 0.2, 0.7]\n", "hue <= 0.5"),
         ("data:\n  name: scenes\nviews:\n  grayscale_p: 1.5\n", "'views.grayscale_p' must be a probability"),
+        ("data:\n  name: scenes\nloss:\n  centering: mean\n", "'loss.centering' must be one of center, sinkhorn"),
+        ("data:\n  name: scenes\nloss:\n  sinkhorn_iters: 0\n", "'loss.sinkhorn_iters' must be a positive integer"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):

@@ -84,6 +84,11 @@ DEFAULTS: dict[str, Any] = {
         "warmup_teacher_temp": 0.04,
         "warmup_teacher_temp_epochs": 30,
         "center_momentum": 0.9,
+        # How teacher logits become targets: "center" (DINO/UDI, METHODS.md) or "sinkhorn"
+        # (Sinkhorn-Knopp balancing as in SwAV/DINOv2: no collapse to one prototype, so a
+        # short run can use a sharp teacher; see configs/udi_cpu_demo.yaml).
+        "centering": "center",
+        "sinkhorn_iters": 3,
     },
     "optim": {
         "lr": 5e-4,  # per 256 images of global batch
@@ -121,6 +126,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "views.srs_mode": ("random", "uniform", "dense"),
+    "loss.centering": ("center", "sinkhorn"),
 }
 
 
@@ -234,6 +240,9 @@ def validate(cfg: dict) -> None:
     for key in ("color_jitter_p", "grayscale_p", "solarize_p"):
         if not 0.0 <= views[key] <= 1.0:
             raise ConfigError(f"'views.{key}' must be a probability in [0, 1]; got {views[key]!r}")
+    iters = cfg["loss"]["sinkhorn_iters"]
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ConfigError(f"'loss.sinkhorn_iters' must be a positive integer; got {iters!r}")
     if not 0.0 <= cfg["udi"]["alpha"] <= 1.0:
         raise ConfigError(f"'udi.alpha' must lie in [0, 1]; got {cfg['udi']['alpha']}")
     _validate_bootleg(cfg)

@@ -1,16 +1,18 @@
-"""DDP on the CPU with two processes (gloo): processes stay in sync, centres are averaged."""
+"""DDP on the CPU with two processes (gloo): processes stay in sync, centres are averaged,
+Sinkhorn balances over the rows of all processes."""
 
 import os
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from udi.config import load_config
-from udi.losses.distill import update_center
+from udi.losses.distill import sinkhorn_probs, update_center
 from udi.train.distributed import init_distributed, shutdown
 from udi.train.loop import Trainer
 
@@ -23,7 +25,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank, world, port, out_dir, result_dir):
+SINKHORN_LOGITS = torch.randn(7, 4, generator=torch.Generator().manual_seed(0)) * 2
+SINKHORN_ROWS = (slice(0, 3), slice(3, 7))
+
+
+def _worker(rank, world, port, out_dir, result_dir, centering="center"):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -31,31 +37,39 @@ def _worker(rank, world, port, out_dir, result_dir):
     # Centre averaging in isolation: rank r contributes logits r+1 (and r+1 rows of them).
     center = torch.zeros(1, 3)
     update_center(center, torch.full((rank + 1, 3), float(rank + 1)), momentum=0.5)
-    cfg = load_config(None, TINY + ["train.max_steps=4"])
+    # Sinkhorn balance over the rows of both processes (rank r holds rows SINKHORN_ROWS[r]).
+    balanced = sinkhorn_probs(SINKHORN_LOGITS[SINKHORN_ROWS[rank]], 0.1, iters=3)
+    cfg = load_config(None, TINY + ["train.max_steps=4", f"loss.centering={centering}"])
     trainer = Trainer(cfg, out_dir, info)
     trainer.run()
     torch.save(
         {"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict(),
-         "loss": trainer.loss_fn.state_dict(), "center": center},
+         "loss": trainer.loss_fn.state_dict(), "center": center, "balanced": balanced},
         os.path.join(result_dir, f"rank{rank}.pt"),
     )
     shutdown()
 
 
-def test_two_processes_stay_in_sync_and_average_centres(tmp_path):
+@pytest.mark.parametrize("centering", ["center", "sinkhorn"])
+def test_two_processes_stay_in_sync_and_average_centres(tmp_path, centering):
     out_dir, result_dir = tmp_path / "run", tmp_path / "results"
     result_dir.mkdir()
-    mp.start_processes(_worker, args=(2, free_port(), str(out_dir), str(result_dir)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(out_dir), str(result_dir), centering), nprocs=2,
+                       start_method="spawn")
     states = [torch.load(result_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for part in ("student", "teacher", "loss"):
         for key, value in states[0][part].items():
             assert torch.equal(value, states[1][part][key]), f"{part}.{key} differs between processes"
     # weighted over all rows of all processes: (1*1 + 2*2) / 3 rows, times (1 - momentum)
     assert torch.allclose(states[0]["center"], torch.full((1, 3), 0.5 * 5 / 3))
+    # Sinkhorn over 3 + 4 rows in two processes == over all 7 rows in one.
+    whole = sinkhorn_probs(SINKHORN_LOGITS, 0.1, iters=3)
+    for rank in range(2):
+        assert torch.allclose(states[rank]["balanced"], whole[SINKHORN_ROWS[rank]], atol=1e-6)
     assert (out_dir / "checkpoint.pt").exists() and (out_dir / "log.jsonl").exists()
     # Each process saw different images, so the teacher outputs differ per process; equal
-    # centres after 4 steps therefore show the all-reduce.
-    assert not torch.equal(states[0]["loss"]["center_cls"], torch.zeros_like(states[0]["loss"]["center_cls"]))
+    # centres after 4 steps therefore show the all-reduce (Sinkhorn leaves them at zero).
+    assert (centering == "center") != torch.equal(states[0]["loss"]["center_cls"], torch.zeros_like(states[0]["loss"]["center_cls"]))
 
 
 def test_torchrun_cli_two_processes(tmp_path):

@@ -1,4 +1,6 @@
-"""Primitives shared by the distillation losses (DINO, UDI).
+"""Primitives shared by the distillation losses (DINO, UDI): the student's cross-entropy
+and the two ways of turning teacher logits into targets, centring (DINO, UDI) or
+Sinkhorn-Knopp balancing (SwAV, DINOv2; an option, ``loss.centering=sinkhorn``).
 
 Shapes: K is the head's output dimension; ``...`` any leading dimensions.
 """
@@ -18,6 +20,42 @@ def soft_cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor
 def teacher_probs(logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
     """Centred, sharpened teacher distribution ``softmax((t - c) / tau_t)``: (..., K) -> (..., K)."""
     return F.softmax((logits.float() - center) / teacher_temp, dim=-1)
+
+
+@torch.no_grad()
+def sinkhorn_probs(
+    logits: torch.Tensor, teacher_temp: float, iters: int = 3, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Teacher distribution balanced over the prototypes by Sinkhorn-Knopp (SwAV, DINOv2):
+    (R, K) -> (R, K), every row a distribution, each prototype receiving about R / K of the
+    total mass over the rows of all processes; the alternative to centring.
+
+    Starts from ``exp(t / tau_t)`` and alternately normalises the prototype columns (each to
+    1 / K of the mass) and the rows (each to 1 / R), ``iters`` times, rows last. weights:
+    optional (R,) 0/1 validity of the rows (patch points); rows with weight 0 take no part
+    in the balance and come back as zeros.
+    """
+    logits = logits.float()
+    if weights is None:
+        weights = torch.ones(logits.shape[0], device=logits.device)
+    weights = weights.float()
+    distributed = dist.is_available() and dist.is_initialized()
+    count = weights.sum().reshape(1)
+    if distributed:
+        dist.all_reduce(count)
+    n_rows, n_protos = count.clamp(min=1.0), logits.shape[1]
+    # Scaling a row is absorbed by its normalisation: shifting each row by its maximum is
+    # exact and keeps exp() finite and every row non-zero, whatever the logits' range.
+    shifted = logits - logits.max(dim=1, keepdim=True).values
+    q = torch.exp(shifted / teacher_temp) * weights[:, None]  # (R, K)
+    tiny = torch.finfo(q.dtype).tiny
+    for _ in range(iters):
+        mass = q.sum(dim=0)  # (K,) each prototype's mass over all rows everywhere
+        if distributed:
+            dist.all_reduce(mass)
+        q = q / (mass.clamp(min=tiny) * n_protos)
+        q = q / (q.sum(dim=1, keepdim=True).clamp(min=tiny) * n_rows)
+    return q * n_rows
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from udi.losses.distill import soft_cross_entropy, teacher_probs, update_center
+from udi.losses.distill import sinkhorn_probs, soft_cross_entropy, teacher_probs, update_center
 
 
 @dataclass
@@ -52,6 +52,10 @@ class UDILoss(nn.Module):
         extra_token: the [cls+] level is on.
         patch_level: the patch level is on.
         alpha: weight of the patch profile in the [cls+] target.
+        centering: "center" (running centres, METHODS.md) or "sinkhorn" (each level's teacher
+            targets balanced over the prototypes by Sinkhorn-Knopp: the 2B global [cls] rows
+            together, all blended [cls+] targets together, the valid patch points together;
+            the centres are then left untouched).
     """
 
     def __init__(
@@ -63,8 +67,14 @@ class UDILoss(nn.Module):
         alpha: float = 0.5,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
+        centering: str = "center",
+        sinkhorn_iters: int = 3,
     ):
         super().__init__()
+        if centering not in ("center", "sinkhorn"):
+            raise ValueError(f"centering must be 'center' or 'sinkhorn', got {centering!r}")
+        self.centering = centering
+        self.sinkhorn_iters = sinkhorn_iters
         self.n_local = n_local
         self.extra_token = extra_token
         self.patch_level = patch_level
@@ -78,6 +88,16 @@ class UDILoss(nn.Module):
     @property
     def needs_teacher_patches(self) -> bool:
         return self.extra_token or self.patch_level
+
+    def _targets(self, logits: torch.Tensor, center: torch.Tensor, teacher_temp: float,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher distributions of one level: (..., K) logits -> (..., K); valid: (...) bool
+        rows that take part in the Sinkhorn balance (all when None)."""
+        if self.centering == "center":
+            return teacher_probs(logits, center, teacher_temp)
+        rows = logits.flatten(0, -2)
+        weights = None if valid is None else valid.flatten()
+        return sinkhorn_probs(rows, teacher_temp, self.sinkhorn_iters, weights).view(logits.shape)
 
     def _combine(self, global_part: torch.Tensor, local_part: torch.Tensor | None) -> torch.Tensor:
         if local_part is None:
@@ -94,7 +114,7 @@ class UDILoss(nn.Module):
         teacher_temp: float,
     ) -> dict[str, torch.Tensor]:
         """Returns ``{"loss": total, "cls": ..., "cls_plus": ..., "patch": ...}`` (active terms only)
-        and updates the centres with the teacher outputs of this step.
+        and, when centring, updates the centres with the teacher outputs of this step.
 
         valid_global: (2, B, Sg) bool; valid_local: (L, 2, B, Sl) bool.
         """
@@ -103,9 +123,10 @@ class UDILoss(nn.Module):
         s_cls = student.cls.unflatten(0, (n_views, -1))  # (V, B, K)
         other = t_cls.flip(0)  # [u] = teacher view 1-u, the partner of student global view u
         terms: dict[str, torch.Tensor] = {}
+        blend_g = blend_l = None
 
         # Level cls: each student view against each teacher global view that is not itself.
-        probs = teacher_probs(t_cls, self.center_cls, teacher_temp)
+        probs = self._targets(t_cls, self.center_cls, teacher_temp)
         terms["cls"] = self._level(probs.flip(0), probs.unsqueeze(0), s_cls)
 
         if self.extra_token:
@@ -117,19 +138,31 @@ class UDILoss(nn.Module):
                 blend_l = self.alpha * _weighted_mean(teacher.patch_local, valid_local) + (1 - self.alpha) * t_cls_l
                 blend_l = torch.where(valid_local.any(-1, keepdim=True), blend_l, t_cls_l)
             s_plus = student.cls_plus.unflatten(0, (n_views, -1))
-            probs_g = teacher_probs(blend_g, self.center_cls_plus, teacher_temp)
-            probs_l = None if blend_l is None else teacher_probs(blend_l, self.center_cls_plus, teacher_temp)
+            if self.centering == "sinkhorn":  # one balance over every blended target (as one centre covers them)
+                parts = [blend_g] + ([] if blend_l is None else [blend_l])
+                rows = self._targets(torch.cat([p.flatten(0, -2) for p in parts]), None, teacher_temp)
+                balanced = [r.view(p.shape) for r, p in zip(rows.split([p[..., 0].numel() for p in parts]), parts)]
+                probs_g, probs_l = balanced[0], (balanced[1] if blend_l is not None else None)
+            else:
+                probs_g = self._targets(blend_g, self.center_cls_plus, teacher_temp)
+                probs_l = None if blend_l is None else self._targets(blend_l, self.center_cls_plus, teacher_temp)
             terms["cls_plus"] = self._level(probs_g, probs_l, s_plus)
 
         if self.patch_level:
-            probs = teacher_probs(teacher.patch_global, self.center_patch, teacher_temp)  # (2, B, Sg, K)
+            probs = self._targets(teacher.patch_global, self.center_patch, teacher_temp, valid_global)  # (2, B, Sg, K)
             ce = soft_cross_entropy(probs, student.patch, self.student_temp)  # (2, B, Sg)
             weights = valid_global.float()
             terms["patch"] = (ce * weights).sum() / weights.sum().clamp(min=1.0)
 
         terms["loss"] = sum(terms.values()) / len(terms)
 
-        # Centres move after the loss, with the teacher outputs of this step.
+        if self.centering == "center":
+            self._update_centers(teacher, valid_global, valid_local, blend_g, blend_l)
+        return terms
+
+    @torch.no_grad()
+    def _update_centers(self, teacher: TeacherLogits, valid_global, valid_local, blend_g, blend_l) -> None:
+        """Centres move after the loss, with the teacher outputs of this step."""
         update_center(self.center_cls, teacher.cls, self.center_momentum)
         if self.extra_token:
             blends = [blend_g.flatten(0, -2)] + ([] if blend_l is None else [blend_l.flatten(0, -2)])
@@ -141,7 +174,6 @@ class UDILoss(nn.Module):
                 patches.append(teacher.patch_local.flatten(0, -2))
                 weights.append(valid_local.flatten())
             update_center(self.center_patch, torch.cat(patches), self.center_momentum, torch.cat(weights))
-        return terms
 
     def _level(self, global_probs: torch.Tensor, local_probs: torch.Tensor | None, student: torch.Tensor) -> torch.Tensor:
         """One image-level term.

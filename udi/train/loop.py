@@ -80,6 +80,8 @@ def build_loss(cfg: dict) -> UDILoss:
         alpha=cfg["udi"]["alpha"],
         student_temp=cfg["loss"]["student_temp"],
         center_momentum=cfg["loss"]["center_momentum"],
+        centering=cfg["loss"]["centering"],
+        sinkhorn_iters=cfg["loss"]["sinkhorn_iters"],
     )
 
 
