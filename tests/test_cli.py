@@ -36,6 +36,7 @@ def test_demo_compares_with_random_init(tmp_path, capsys):
     result = last_json(capsys)
     assert "random init" in result and any(k.startswith("udi teacher") for k in result)
     assert "knn k20 [cls]" in result["random init"]
+    assert "knn k20 [cls+]" in result["random init"] and "knn k20 [patch_mean]" in result["random init"]
     assert (tmp_path / "eval" / "compare.md").exists()
     assert result["report"] == str(tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()

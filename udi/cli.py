@@ -76,15 +76,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options) -> dict:
-    """Evaluate several backbones (name -> backbone) with the same protocols; one row each."""
+def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options, features=None) -> dict:
+    """Evaluate several backbones (name -> backbone) with the same protocols; one row each.
+    features: as in ``run_suite`` (None: each protocol's default)."""
     from udi.eval.suite import run_suite, summarize
     from udi.eval.tables import compare_table, markdown_table
 
     rows, results = {}, {}
     for name, backbone in runs.items():
         sub = out / _slug(name) if out else None
-        results[name] = run_suite(backbone, data, protocols, out_dir=sub, device=device, options=options)
+        results[name] = run_suite(backbone, data, protocols, features, out_dir=sub, device=device, options=options)
         rows[name] = summarize(results[name])
     console.print(compare_table(rows, f"{data}: best per column marked *", width=console.width))
     if out is not None:
@@ -132,8 +133,10 @@ def cmd_demo(args) -> int:
     random_init.pretrain_method = cfg["method"]  # evaluated on the same default features as the teacher
     runs = {f"{cfg['method']} teacher ({summary['step']} steps)": load_backbone(args.out), "random init": random_init}
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
+    # k-NN is cheap: show it beyond [cls] too ([cls+] of UDI, the mean patch token).
+    knn_features = ["cls"] + (["cls+"] if random_init.n_cls >= 2 else []) + ["patch_mean"]
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
-                        _device(cfg["train"]["device"]), options)
+                        _device(cfg["train"]["device"]), options, features={"knn": knn_features})
     console.print(f"pretraining took {train_time:.0f} s; run directory: {args.out}")
     from udi.viz.report import write_report
 

@@ -85,6 +85,17 @@ def test_objects_stand_out_from_background(survey):
         assert hsv[..., 1][t["mask"] > 0].mean() > 0.5
 
 
+def test_textures_are_faint_but_present(survey):
+    # V of the two texture colours differs by 0.2-0.35 before TEXTURE_CONTRAST (0.25) scales it.
+    for image, t in survey[:100]:
+        value = image.max(axis=2)[t["mask"] == 0] / 255.0  # V of HSV
+        spread = np.percentile(value, 95) - np.percentile(value, 5)
+        if TEXTURES[t["background"]] == "flat":
+            assert spread < 0.01
+        elif TEXTURES[t["background"]] in ("stripes", "checker", "noise"):
+            assert 0.02 < spread < 0.1, (TEXTURES[t["background"]], spread)
+
+
 def test_all_values_occur(survey):
     labels = {t["label"] for _, t in survey}
     present = set(np.flatnonzero(sum(t["present"] for _, t in survey)).tolist())

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from udi.cli import main
@@ -57,6 +58,18 @@ def test_features_are_extracted_once_and_reused(tmp_path, monkeypatch):
         backbone.norm.weight.add_(1.0)  # other weights, same everything else
     run_suite(backbone, "digits", ["knn"], out_dir=tmp_path / "o", options=options)
     assert len(calls) == 4  # the cache key follows the weights
+
+
+def test_features_per_protocol(tmp_path):
+    from udi.models.pretrained import load_backbone
+
+    backbone = load_backbone(tiny_backbone(tmp_path))
+    options = SuiteOptions(max_images=64, progress=False, lowshot_repeats=1)
+    results = run_suite(backbone, "digits", ["knn", "lowshot"], {"knn": ["cls", "patch_mean"]}, options=options)
+    assert set(results["knn"]) == {"cls", "patch_mean"}
+    assert set(results["lowshot"]) == {"cls"}  # not named in the dict: its default
+    with pytest.raises(ValueError, match="only knn, linear, lowshot, richness take features"):
+        run_suite(backbone, "digits", ["knn"], {"dense": ["cls"]}, options=options)
 
 
 def test_compare_marks_best_per_column(tmp_path, capsys):

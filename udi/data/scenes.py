@@ -13,6 +13,11 @@ targets learnable:
 - object colours are saturated and bright (S in [0.7, 1], V in [0.75, 1]) with
   hues drawn from the middle 70% of one of 8 hue bins (distinct bins within a
   scene), while backgrounds are desaturated (S <= 0.25) and darker (V <= 0.7);
+- textures are faint: the blend between the two background colours is pulled
+  to its mean by ``TEXTURE_CONTRAST`` (0.25). The texture is the one thing every
+  crop of an image shares, so at full contrast self-supervised methods learn it
+  first and the shapes hardly at all (BENCHMARKS.md, session 2); faint, it is
+  still there for the ``background`` probes;
 - each object lies fully inside the image, its centre (the centroid of the
   shape) at least 4% of the image size away from the midlines, so its
   quadrant is unambiguous;
@@ -50,6 +55,7 @@ _EXTENT = 1.15  # every shape fits in a disc of radius _EXTENT * r around its ce
 _MIDLINE_GAP = 0.04  # minimum centre distance from the midlines, fraction of size
 _MIN_VISIBLE = 0.5  # fraction of its own area every drawn object keeps visible
 _PLACEMENT_TRIES = 8
+TEXTURE_CONTRAST = 0.25  # texture blend weights are scaled by this around their mean
 
 # Star: 5 tips at radius 1, inner vertices at radius _STAR_INNER.
 _STAR_INNER = 0.45
@@ -189,6 +195,8 @@ def _background(rng: np.random.Generator, texture: int, size: int) -> np.ndarray
         t = rng.random((size, size), dtype=np.float32)
     else:
         raise ValueError(f"unknown texture id {texture}")
+    mean = np.float32(t.mean())
+    t = (t - mean) * np.float32(TEXTURE_CONTRAST) + mean
     return np.multiply.outer(t, c1 - c0) + c0
 
 

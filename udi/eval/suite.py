@@ -160,7 +160,7 @@ def run_suite(
     backbone: VisionTransformer,
     data: str,
     protocols: list[str] | None = None,
-    features: list[str] | None = None,
+    features: list[str] | dict[str, list[str]] | None = None,
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     options: SuiteOptions | None = None,
@@ -168,11 +168,19 @@ def run_suite(
     """Run ``protocols`` (default: all that ``data`` supports) and return the nested results,
     with ``results["seconds"]`` the time each protocol took (feature extraction included).
 
-    ``features`` replaces the default feature choice of knn, linear, lowshot and richness.
+    ``features`` replaces the default feature choice of knn, linear, lowshot and richness: a
+    list for all four, or a dict protocol -> list for some of them (the others keep theirs).
     """
     options = options or SuiteOptions()
     protocols = check_protocols(data, protocols)
-    chosen = {p: [parse_feature(f) for f in features] if features else default_features(p, backbone)
+    if isinstance(features, dict):
+        unknown = set(features) - set(FEATURE_PROTOCOLS)
+        if unknown:
+            raise ValueError(f"features given for {sorted(unknown)}; only {', '.join(FEATURE_PROTOCOLS)} take features")
+        per_protocol = features
+    else:
+        per_protocol = {p: features for p in FEATURE_PROTOCOLS} if features else {}
+    chosen = {p: [parse_feature(f) for f in per_protocol[p]] if per_protocol.get(p) else default_features(p, backbone)
               for p in FEATURE_PROTOCOLS}
     for p in ("cls+", "cls_cat"):
         if backbone.n_cls < 2 and any(p in v for v in chosen.values()):
