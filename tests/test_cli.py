@@ -56,7 +56,8 @@ def test_demo_random_init_is_the_runs_initial_weights(tmp_path, capsys):
     cfg = load_config(resolve_config_path("udi_cpu_demo"), DIGITS + ["train.max_steps=1"])
     torch.manual_seed(cfg["train"]["seed"])
     initial = build_network(cfg).backbone.eval()
-    assert summarize(run_suite(initial, "digits", ["knn"], options=SuiteOptions(progress=False))) == reported
+    features = {"knn": ["cls", "cls+", "patch_mean"]}  # the demo's k-NN features
+    assert summarize(run_suite(initial, "digits", ["knn"], features, options=SuiteOptions(progress=False))) == reported
 
 
 @pytest.mark.parametrize(

@@ -117,17 +117,17 @@ def test_a_failure_mid_way_leaves_no_file(backbone_file, folder, tmp_path, monke
     (["--data", "/no/such/folder"], "data '/no/such/folder' is neither a built-in data set"),
     (["--weights", "/no/weights.safetensors"], "weights not found: /no/weights.safetensors"),
 ])
-def test_errors_are_clear(backbone_file, tmp_path, capsys, argv, message):
+def test_errors_are_clear(backbone_file, tmp_path, err_contains, argv, message):
     options = {"--weights": str(backbone_file[0]), "--data": "digits", "--out": str(tmp_path / "x.npy")}
     options.update(zip(argv[::2], argv[1::2]))
     assert main(["embed", *[x for pair in options.items() for x in pair]]) == 2
-    assert message in capsys.readouterr().err.replace("\n", "")
+    assert err_contains(message)
     assert not (tmp_path / "x.npy").exists()
 
 
-def test_second_class_token_feature_needs_two(tmp_path, capsys):
+def test_second_class_token_feature_needs_two(tmp_path, err_contains):
     path = tmp_path / "one.safetensors"
     export_backbone(path, build_vit("vit_nano", patch_size=4, img_size=16, n_cls=1))
     assert main(["embed", "--weights", str(path), "--data", "digits", "--features", "cls_cat",
                  "--out", str(tmp_path / "x")]) == 2
-    assert "needs a second class token; this backbone has 1" in capsys.readouterr().err.replace("\n", "")
+    assert err_contains("needs a second class token; this backbone has 1")

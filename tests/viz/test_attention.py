@@ -107,6 +107,6 @@ def test_cli_backbone_only_skips_srs_and_says_so(tiny_run, image_files, tmp_path
     (["--image", "/no/such.png"], "image not found: /no/such.png"),
     (["--image", "astronaut", "--image-size", "18"], "not a multiple of the patch size 4"),
 ])
-def test_cli_errors_are_clear(tiny_run, tmp_path, capsys, argv, message):
+def test_cli_errors_are_clear(tiny_run, tmp_path, err_contains, argv, message):
     assert main(["viz", "attention", "--weights", str(tiny_run), "--out", str(tmp_path), *argv]) == 2
-    assert message in capsys.readouterr().err.replace("\n", "")
+    assert err_contains(message)

@@ -38,9 +38,9 @@ def test_failed_images_panel_appears_when_some_failed(tmp_path):
     assert [title for title, _ in panels(read_log(tmp_path / "log.jsonl"))] == ["loss terms", "undecodable images (total)"]
 
 
-def test_missing_log_names_the_file(tmp_path, capsys):
+def test_missing_log_names_the_file(tmp_path, err_contains):
     assert main(["viz", "curves", str(tmp_path)]) == 2
-    assert f"{tmp_path / 'log.jsonl'} not found" in capsys.readouterr().err.replace("\n", "")
+    assert err_contains(f"{tmp_path / 'log.jsonl'} not found")
 
 
 def test_log_without_numbers_names_the_file(tmp_path):

@@ -78,10 +78,9 @@ def test_report_without_eval_results_says_so_and_shows_the_command(tiny_run, tmp
     assert "No SRS module in this run" in text
 
 
-def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+def test_report_of_a_folder_that_is_not_a_run(tmp_path, err_contains):
     assert main(["report", str(tmp_path)]) == 2
-    assert "is not a run directory: it has neither backbone.safetensors nor checkpoint.pt" in \
-        capsys.readouterr().err.replace("\n", "")
+    assert err_contains("is not a run directory: it has neither backbone.safetensors nor checkpoint.pt")
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
