@@ -30,8 +30,11 @@ def sinkhorn_probs(
     (R, K) -> (R, K), every row a distribution, each prototype receiving about R / K of the
     total mass over the rows of all processes; the alternative to centring.
 
-    Starts from ``exp(t / tau_t)`` and alternately normalises the prototype columns (each to
-    1 / K of the mass) and the rows (each to 1 / R), ``iters`` times, rows last. weights:
+    Starts from ``exp((t - max_k t) / tau_t)``, each row shifted by its own maximum, and
+    alternately normalises the prototype columns (each to 1 / K of the mass) and the rows (each
+    to 1 / R), ``iters`` times, rows last. (DINOv2 starts from ``exp(t / tau_t)``: the same
+    balanced result at convergence, but that overflows, or leaves rows all zero, for unbounded
+    logits and a sharp teacher; after a few iterations the two starts differ slightly.) weights:
     optional (R,) 0/1 validity of the rows (patch points); rows with weight 0 take no part
     in the balance and come back as zeros.
     """
@@ -44,9 +47,7 @@ def sinkhorn_probs(
     if distributed:
         dist.all_reduce(count)
     n_rows, n_protos = count.clamp(min=1.0), logits.shape[1]
-    # Scaling a row is absorbed by its normalisation: shifting each row by its maximum is
-    # exact and keeps exp() finite and every row non-zero, whatever the logits' range.
-    shifted = logits - logits.max(dim=1, keepdim=True).values
+    shifted = logits - logits.max(dim=1, keepdim=True).values  # every row keeps an entry exp(0) = 1
     q = torch.exp(shifted / teacher_temp) * weights[:, None]  # (R, K)
     tiny = torch.finfo(q.dtype).tiny
     for _ in range(iters):
