@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from udi.losses.distill import sinkhorn_probs, soft_cross_entropy, teacher_probs, update_center
+from udi.losses.distill import check_centering, sinkhorn_probs, soft_cross_entropy, teacher_probs, update_center
 
 
 class DINOLoss(nn.Module):
@@ -22,9 +22,7 @@ class DINOLoss(nn.Module):
     def __init__(self, out_dim: int, n_views: int, student_temp: float = 0.1, center_momentum: float = 0.9,
                  centering: str = "center", sinkhorn_iters: int = 3):
         super().__init__()
-        if centering not in ("center", "sinkhorn"):
-            raise ValueError(f"centering must be 'center' or 'sinkhorn', got {centering!r}")
-        self.centering = centering
+        self.centering = check_centering(centering)
         self.sinkhorn_iters = sinkhorn_iters
         self.n_views = n_views
         self.student_temp = student_temp

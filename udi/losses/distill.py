@@ -17,6 +17,15 @@ def soft_cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor
     return -(teacher_probs * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(dim=-1)
 
 
+CENTERINGS = ("center", "sinkhorn")  # how teacher logits become targets (``loss.centering``)
+
+
+def check_centering(centering: str) -> str:
+    if centering not in CENTERINGS:
+        raise ValueError(f"centering must be one of {', '.join(CENTERINGS)}; got {centering!r}")
+    return centering
+
+
 def teacher_probs(logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
     """Centred, sharpened teacher distribution ``softmax((t - c) / tau_t)``: (..., K) -> (..., K)."""
     return F.softmax((logits.float() - center) / teacher_temp, dim=-1)

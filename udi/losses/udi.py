@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from udi.losses.distill import sinkhorn_probs, soft_cross_entropy, teacher_probs, update_center
+from udi.losses.distill import check_centering, sinkhorn_probs, soft_cross_entropy, teacher_probs, update_center
 
 
 @dataclass
@@ -71,9 +71,7 @@ class UDILoss(nn.Module):
         sinkhorn_iters: int = 3,
     ):
         super().__init__()
-        if centering not in ("center", "sinkhorn"):
-            raise ValueError(f"centering must be 'center' or 'sinkhorn', got {centering!r}")
-        self.centering = centering
+        self.centering = check_centering(centering)
         self.sinkhorn_iters = sinkhorn_iters
         self.n_local = n_local
         self.extra_token = extra_token
