@@ -63,7 +63,7 @@ def time_views(trainer: Trainer, batch: dict, steps: int) -> list[float]:
         generator = torch.Generator().manual_seed(i)
         sync(trainer.device)
         start = time.perf_counter()
-        make_udi_views(canvas, aspect, trainer.spec, generator, trainer.photometric)
+        make_udi_views(canvas, aspect, trainer.method.spec, generator, trainer.method.photometric)
         sync(trainer.device)
         if i >= 2:
             times.append(time.perf_counter() - start)

@@ -25,7 +25,7 @@ import torch
 from udi.config import load_config, resolve_config_path
 from udi.eval.suite import SuiteOptions, run_suite, summarize
 from udi.eval.tables import compare_table, markdown_table
-from udi.models.network import build_network
+from udi.methods import build_network
 from udi.models.pretrained import load_backbone
 from udi.train.loop import pretrain
 

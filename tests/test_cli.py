@@ -49,7 +49,7 @@ def test_demo_random_init_is_the_runs_initial_weights(tmp_path, capsys):
 
     from udi.config import load_config, resolve_config_path
     from udi.eval.suite import SuiteOptions, run_suite, summarize
-    from udi.models.network import build_network
+    from udi.methods import build_network
 
     assert main(["demo", "--out", str(tmp_path), "--protocols", "knn", *DIGITS, "train.max_steps=1"]) == 0
     reported = last_json(capsys)["random init"]

@@ -118,7 +118,7 @@ def cmd_demo(args) -> int:
     """UDI pretraining on the built-in scenes on the CPU, then the evaluation suite:
     trained teacher vs the same network at random initialisation; ends with the run's report."""
     from udi.eval.suite import SuiteOptions
-    from udi.models.network import build_network
+    from udi.methods import build_network
     from udi.models.pretrained import load_backbone
     from udi.train.loop import pretrain
 

@@ -12,7 +12,7 @@ from udi.data.augment import center_box, crop_resize, normalize
 from udi.data.datasets import build_dataset, load_image
 from udi.eval import embed as embed_module
 from udi.models.vit import build_vit
-from udi.train.checkpoint import export_backbone
+from udi.io.checkpoint import export_backbone
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from udi.cli import main
 from udi.eval.suite import SuiteOptions, run_suite, summarize
 from udi.models.vit import build_vit
-from udi.train.checkpoint import export_backbone
+from udi.io.checkpoint import export_backbone
 
 FAST = ["--linear-epochs", "2", "--selagg-epochs", "2", "--dense-epochs", "2", "--max-images", "300", "--no-progress"]
 

@@ -1,10 +1,11 @@
-"""Bootleg's predictor and networks (udi.models.predictor, udi.models.bootleg_network)."""
+"""Bootleg's predictor and networks (udi.models.predictor, udi.models.bootleg_network, built by udi.methods.bootleg)."""
 import pytest
 import torch
 
 from udi.config import ConfigError, load_config
-from udi.models.bootleg_network import BootlegNetwork, build_bootleg_network
-from udi.models.network import build_network
+from udi.methods import build_network
+from udi.methods.bootleg import BootlegMethod
+from udi.models.bootleg_network import BootlegNetwork
 from udi.models.predictor import Predictor, sincos_pos_embed
 
 BASE = ["method=bootleg", "data.name=scenes", "model.arch=vit_nano", "model.patch_size=8",
@@ -110,10 +111,10 @@ def test_predictor_standalone_shapes():
     assert "pos_embed" not in predictor.state_dict()  # a function of (grid, dim), not saved
 
 
-def test_build_bootleg_network_is_build_network():
+def test_bootleg_student_is_build_network():
     cfg = load_config(None, BASE)
     torch.manual_seed(1)
     a = build_network(cfg)
     torch.manual_seed(1)
-    b = build_bootleg_network(cfg)
+    b = BootlegMethod(cfg).build_student()
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())

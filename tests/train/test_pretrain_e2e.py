@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from udi.models.pretrained import load_backbone
-from udi.train import checkpoint as checkpoint_module
+from udi.io import checkpoint as checkpoint_module
 from udi.train.loop import NonFiniteLossError, Trainer, pretrain
 
 from .conftest import TINY

@@ -9,7 +9,7 @@ from PIL import Image
 
 from udi.config import load_config
 from udi.models.vit import VisionTransformer, build_vit
-from udi.train.checkpoint import export_backbone
+from udi.io.checkpoint import export_backbone
 from udi.train.loop import pretrain
 
 from ..train.conftest import TINY

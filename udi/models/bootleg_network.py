@@ -15,13 +15,11 @@ patches, D encoder width, L target layers.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from udi.config import ConfigError
-from udi.losses.bootleg import resolve_target_layers
+from udi.models.frozen import frozen_copy
 from udi.models.predictor import Predictor
 from udi.models.vit import VisionTransformer
 
@@ -59,37 +57,4 @@ class BootlegNetwork(nn.Module):
 
     def make_teacher(self) -> BootlegNetwork:
         """A frozen copy of the encoder alone, in eval mode (the predictor is not EMA'd)."""
-        teacher = BootlegNetwork(copy.deepcopy(self.backbone), None, self.target_layers).eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
-        return teacher
-
-
-def build_bootleg_network(cfg: dict) -> BootlegNetwork:
-    """Student network of ``method: bootleg`` from a resolved config (see ``bootleg.*`` keys)."""
-    from udi.models.network import build_backbone
-
-    backbone = build_backbone(cfg, n_cls=1)
-    boot = cfg["bootleg"]
-    try:
-        layers = resolve_target_layers(boot["target_layers"], backbone.depth)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    dim = boot["predictor_dim"] or backbone.embed_dim // 2
-    heads = boot["predictor_heads"] or backbone.num_heads
-    if dim % heads or dim % 4:
-        raise ConfigError(
-            f"'bootleg.predictor_dim' ({dim}) must be a multiple of 4 and of 'bootleg.predictor_heads' ({heads}; "
-            "null: the encoder's heads)"
-        )
-    grid = cfg["views"]["global_size"] // cfg["model"]["patch_size"]
-    predictor = Predictor(
-        embed_dim=backbone.embed_dim,
-        out_dim=len(layers) * backbone.embed_dim,
-        grid=grid,
-        depth=boot["predictor_depth"],
-        dim=dim,
-        num_heads=heads,
-        mlp_ratio=backbone.mlp_ratio,
-    )
-    return BootlegNetwork(backbone, predictor, layers)
+        return frozen_copy(BootlegNetwork(self.backbone, None, self.target_layers))

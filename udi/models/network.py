@@ -13,7 +13,7 @@ from torch import nn
 from udi.losses.udi import StudentLogits, TeacherLogits
 from udi.models.heads import DINOHead
 from udi.models.srs import SRSModule
-from udi.models.vit import VisionTransformer, build_vit
+from udi.models.vit import VisionTransformer
 
 
 class UDINetwork(nn.Module):
@@ -114,35 +114,3 @@ class UDINetwork(nn.Module):
         if role == "student":
             return self.forward_student(*args)
         return self.forward_teacher(*args)
-
-
-def build_backbone(cfg: dict, n_cls: int) -> VisionTransformer:
-    """The backbone of ``cfg['model']``, for crops of ``views.global_size``."""
-    model = cfg["model"]
-    overrides = {k: model[k] for k in ("embed_dim", "depth", "num_heads") if model[k] is not None}
-    return build_vit(
-        model["arch"],
-        patch_size=model["patch_size"],
-        img_size=cfg["views"]["global_size"],
-        n_cls=n_cls,
-        drop_path_rate=model["drop_path_rate"],
-        **overrides,
-    )
-
-
-def build_network(cfg: dict) -> nn.Module:
-    """Student network from a resolved config: a :class:`UDINetwork` for ``udi`` and ``dino``,
-    a :class:`udi.models.bootleg_network.BootlegNetwork` for ``bootleg``. Either has the
-    backbone as ``.backbone``, built first (the same initial weights for a given seed)."""
-    method = cfg["method"]
-    if method == "bootleg":
-        from udi.models.bootleg_network import build_bootleg_network
-
-        return build_bootleg_network(cfg)
-    udi_cfg = cfg["udi"]
-    extra_token = method == "udi" and udi_cfg["extra_token"]
-    srs = method == "udi" and (udi_cfg["extra_token"] or udi_cfg["patch_level"])
-    backbone = build_backbone(cfg, n_cls=2 if extra_token else 1)
-    head = cfg["head"]
-    head_kwargs = {k: head[k] for k in ("out_dim", "hidden_dim", "bottleneck_dim", "nlayers", "norm_last_layer")}
-    return UDINetwork(backbone, head_kwargs, extra_token, srs, head["shared"], udi_cfg["srs_heads"])

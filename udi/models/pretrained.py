@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
+from udi.models.backbone import build_backbone
 from udi.models.convert import load_converted
 from udi.models.srs import SRSModule
 from udi.models.vit import VisionTransformer, vit_from_config
-from udi.train.checkpoint import BACKBONE_FORMAT, load_checkpoint, read_backbone_file
+from udi.io.checkpoint import BACKBONE_FORMAT, load_checkpoint, read_backbone_file
 
 
 def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTransformer:
@@ -66,11 +66,13 @@ def _teacher_part(checkpoint: dict, prefix: str) -> dict:
 
 
 def _teacher_backbone(checkpoint: dict, path: Path) -> VisionTransformer:
-    """The teacher backbone of a run's ``checkpoint.pt`` (already loaded)."""
-    from udi.models.network import build_network  # the run's own architecture
-
-    model = build_network(checkpoint["config"]).backbone
-    return _load_state(model, _teacher_part(checkpoint, "backbone."), path)
+    """The teacher backbone of a run's ``checkpoint.pt`` (already loaded): the run's own
+    architecture, with as many class tokens as its weights have."""
+    state = _teacher_part(checkpoint, "backbone.")
+    if "cls_token" not in state:
+        raise ValueError(f"{path}: the run checkpoint has no teacher backbone (no 'teacher.backbone.cls_token')")
+    model = build_backbone(checkpoint["config"], n_cls=state["cls_token"].shape[1])
+    return _load_state(model, state, path)
 
 
 def _converted(obj: dict, path: Path, num_heads: int | None) -> VisionTransformer:

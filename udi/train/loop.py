@@ -1,4 +1,7 @@
-"""The pretraining loop: the same code on CPU, one GPU and torchrun DDP.
+"""The pretraining loop: the same code on CPU, one GPU and torchrun DDP, for every method.
+
+What a method does (its networks, inputs, loss terms, EMA modules, extra schedules, log
+terms) comes from ``udi.methods``; this loop names none of them.
 
 Randomness is a function of (seed, step, rank): every step reseeds the global RNG (drop
 path) and builds a fresh generator for the views, and the sampler is seeded per epoch.
@@ -8,7 +11,6 @@ one exactly (on the CPU), mid-epoch included.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -20,21 +22,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from udi import schedules
 from udi.config import ConfigError, dump_config
-from udi.data.augment import photometric_from_config
 from udi.data.datasets import build_dataset
-from udi.data.views import ViewSpec, make_udi_views, one_hot_selection
-from udi.losses.udi import UDILoss
-from udi.models.network import build_network
-from udi.train import schedules
-from udi.train.bootleg_step import BootlegStep
-from udi.train.checkpoint import export_backbone, load_checkpoint, save_checkpoint
+from udi.io.checkpoint import export_backbone, load_checkpoint, save_checkpoint
+from udi.methods import build_method
 from udi.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
 from udi.train.sampler import ResumableSampler
 
-TERMS = ("loss", "cls", "cls_plus", "patch")  # udi / dino; bootleg: BootlegLoss.term_names
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
 
@@ -51,38 +48,6 @@ def check_finite(terms: dict[str, float], step: int) -> None:
                 f"loss term '{name}' is {terms[name]} at step {step}: training stopped "
                 "(try a lower optim.lr, train.precision=fp32, or a smaller optim.clip_grad)"
             )
-
-
-def view_spec(cfg: dict) -> ViewSpec:
-    views, model = cfg["views"], cfg["model"]
-    return ViewSpec(
-        global_size=views["global_size"],
-        local_size=views["local_size"],
-        n_local=views["n_local"],
-        patch_size=model["patch_size"],
-        global_scale=tuple(views["global_scale"]),
-        local_scale=tuple(views["local_scale"]),
-        global_window=views["global_window"],
-        local_window=views["local_window"],
-        srs_mode=views["srs_mode"],
-        shift=views["shift"],
-    )
-
-
-def build_loss(cfg: dict) -> UDILoss:
-    """UDI loss; for ``method: dino`` the same loss with the extra token and patch level off."""
-    is_udi = cfg["method"] == "udi"
-    return UDILoss(
-        out_dim=cfg["head"]["out_dim"],
-        n_local=cfg["views"]["n_local"],
-        extra_token=is_udi and cfg["udi"]["extra_token"],
-        patch_level=is_udi and cfg["udi"]["patch_level"],
-        alpha=cfg["udi"]["alpha"],
-        student_temp=cfg["loss"]["student_temp"],
-        center_momentum=cfg["loss"]["center_momentum"],
-        centering=cfg["loss"]["centering"],
-        sinkhorn_iters=cfg["loss"]["sinkhorn_iters"],
-    )
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -125,26 +90,14 @@ class Trainer:
                 f"(train.batch_size={train['batch_size']} x {self.info.world_size} processes)"
             )
         self.total_steps = train["epochs"] * self.steps_per_epoch
-        is_bootleg = cfg["method"] == "bootleg"
-        self.spec = None if is_bootleg else view_spec(cfg)
-        self.photometric = None if is_bootleg else photometric_from_config(cfg["views"])
+        self.method = build_method(cfg)  # everything method-specific (udi.methods)
 
         torch.manual_seed(train["seed"])  # identical initial weights on every process
-        self.student = build_network(cfg).to(self.device)
-        # Bootleg: its own batch and loss (udi.train.bootleg_step); the teacher is the encoder alone.
-        self.bootleg = BootlegStep(cfg, self.student.target_layers) if is_bootleg else None
-        if self.bootleg is None:
-            self.teacher = copy.deepcopy(self.student).eval()
-            for param in self.teacher.parameters():
-                param.requires_grad_(False)
-            self.loss_fn = build_loss(cfg).to(self.device)
-            self.terms = TERMS
-            self.ema_pair = (self.teacher, self.student)
-        else:
-            self.teacher = self.student.make_teacher()
-            self.loss_fn = self.bootleg.loss_fn.to(self.device)
-            self.terms = self.bootleg.log_names
-            self.ema_pair = (self.teacher.backbone, self.student.backbone)  # the teacher is the encoder alone
+        self.student = self.method.build_student().to(self.device)
+        self.teacher = self.method.build_teacher(self.student)
+        self.loss_fn = self.method.build_loss(self.student).to(self.device)
+        self.terms = self.method.log_terms(self.loss_fn)
+        self.ema_pair = self.method.ema_modules(self.teacher, self.student)
         self.optimizer = build_optimizer(self.student)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train["precision"] == "fp16")
         self.global_batch = train["batch_size"] * self.info.world_size
@@ -157,7 +110,7 @@ class Trainer:
 
         self.model = self.student
         if self.info.distributed:
-            unused = self.bootleg is None and self.student.srs is not None and not self.loss_fn.patch_level
+            unused = self.method.find_unused_parameters(self.student)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=device_ids, find_unused_parameters=unused)
         if train["compile"]:
@@ -183,7 +136,7 @@ class Trainer:
         if not path.exists():
             return
         state = load_checkpoint(path, map_location=self.device)
-        for key in ("method", "model", "head", "udi") + (("bootleg",) if self.bootleg else ()):
+        for key in self.method.resume_keys:
             if state["config"].get(key) != self.cfg[key]:
                 raise ConfigError(
                     f"{path} was trained with a different '{key}' config ({state['config'].get(key)}); "
@@ -202,24 +155,20 @@ class Trainer:
         """Rank 0 writes the checkpoint and the teacher backbone, both atomically."""
         if self.info.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT, self.state_dict())
-            export_backbone(
-                self.out_dir / BACKBONE, self.teacher.backbone, {"method": self.cfg["method"], "step": self.step}
-            )
+            metadata = {**self.method.backbone_metadata(), "step": self.step}
+            export_backbone(self.out_dir / BACKBONE, self.teacher.backbone, metadata)
         barrier()
 
     # ------------------------------------------------------------------ step
     def _schedules(self, epoch: int) -> dict[str, float]:
-        optim, loss = self.cfg["optim"], self.cfg["loss"]
+        optim = self.cfg["optim"]
         warmup = optim["warmup_epochs"] * self.steps_per_epoch
         values = {
             "lr": schedules.cosine_schedule(self.step, self.total_steps, self.base_lr, optim["min_lr"], warmup),
             "wd": schedules.cosine_schedule(self.step, self.total_steps, optim["weight_decay"], optim["weight_decay_end"]),
             "momentum": schedules.cosine_schedule(self.step, self.total_steps, optim["momentum_teacher"], 1.0),
         }
-        if self.bootleg is None:  # Bootleg has no temperature
-            values["teacher_temp"] = schedules.teacher_temperature(
-                epoch, loss["warmup_teacher_temp"], loss["teacher_temp"], loss["warmup_teacher_temp_epochs"]
-            )
+        values.update(self.method.schedules(epoch))  # e.g. the teacher temperature
         return values
 
     def train_step(self, batch: dict, epoch: int) -> dict[str, float]:
@@ -228,12 +177,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         sched = self._schedules(epoch)
         set_lr_wd(self.optimizer, sched["lr"], sched["wd"])
-        if self.bootleg is None:
-            terms = self._udi_terms(batch, generator, sched)
-        else:
-            inputs = self.bootleg.make_batch(batch, self.device, generator)
-            with autocast_context(self.device, self.cfg["train"]["precision"]):
-                terms = self.bootleg.losses(self.model, self.teacher, inputs)
+        inputs = self.method.make_inputs(batch, self.device, generator)
+        with autocast_context(self.device, self.cfg["train"]["precision"]):
+            terms = self.method.loss_terms(self.model, self.teacher, self.loss_fn, inputs, sched)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
@@ -258,33 +204,6 @@ class Trainer:
         end_of_epoch = self.step % self.steps_per_epoch == 0
         self._check_failures(min_images=0 if end_of_epoch else 100)
         return {**values, **sched}
-
-    def _udi_terms(self, batch: dict, generator: torch.Generator, sched: dict) -> dict[str, torch.Tensor]:
-        """UDI / DINO: views, teacher and student forward passes, loss terms (``TERMS``)."""
-        canvas = batch["image"].to(self.device, non_blocking=True)
-        aspect = batch["aspect"].to(self.device, non_blocking=True)
-        views = make_udi_views(canvas, aspect, self.spec, generator, self.photometric)
-        with autocast_context(self.device, self.cfg["train"]["precision"]):
-            with torch.no_grad():
-                patches = self.loss_fn.needs_teacher_patches
-                teacher_out = self.teacher.forward_teacher(
-                    views.globals_,
-                    views.map_global if patches else None,
-                    views.map_local if patches and self.spec.n_local else None,
-                )
-            select = None
-            if self.loss_fn.patch_level:
-                select = one_hot_selection(views.select_global, self.spec.global_grid).to(views.globals_.dtype)
-            locals_ = views.locals_ if self.spec.n_local else None
-            student_out = self.model("student", views.globals_, locals_, select)
-            terms = self.loss_fn(
-                student_out,
-                teacher_out,
-                views.valid_global if patches else None,
-                views.valid_local if patches and self.spec.n_local else None,
-                sched["teacher_temp"],
-            )
-        return terms
 
     def _check_failures(self, min_images: int) -> None:
         """Stop when more than ``data.max_fail_fraction`` of the images met could not be decoded

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from udi.train.schedules import cosine_schedule, scaled_lr, teacher_temperature
+from udi.schedules import cosine_schedule, scaled_lr, teacher_temperature
 
 
 def test_cosine_with_warmup():

@@ -1,4 +1,8 @@
-"""Per-step schedules (DINO style): warm-up then cosine, and the teacher temperature."""
+"""Per-step schedules (DINO style): warm-up then cosine, and the teacher temperature.
+
+Plain functions of the step or epoch, shared by the training loop (learning rate, weight
+decay, EMA momentum) and the methods (teacher temperature).
+"""
 
 from __future__ import annotations
 
