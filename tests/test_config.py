@@ -26,6 +26,9 @@ def test_layering_defaults_file_overrides(tmp_path):
         ("data:\n  name: scenes\nviews:\n  grayscale_p: 1.5\n", "'views.grayscale_p' must be a probability"),
         ("data:\n  name: scenes\nloss:\n  centering: mean\n", "'loss.centering' must be one of center, sinkhorn"),
         ("data:\n  name: scenes\nloss:\n  sinkhorn_iters: 0\n", "'loss.sinkhorn_iters' must be a positive integer"),
+        ("data:\n  name: scenes\nmodel:\n  stem: cnn\n", "'model.stem' must be one of patch, conv"),
+        ("data:\n  name: scenes\nmodel:\n  stem: conv\n  patch_size: 12\nviews:\n  global_size: 24\n  local_size: 12\n",
+         "'model.stem' conv needs a 'model.patch_size' that is a power of 2"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):

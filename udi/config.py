@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "arch": "vit_small",
         "patch_size": 16,
+        "stem": "patch",  # patch (one stride-p convolution, ViT/DINO) | conv (stride-2 3x3 convolutions)
         "drop_path_rate": 0.1,
         "embed_dim": None,  # None: the preset's
         "depth": None,
@@ -122,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES = {
     "method": ("udi", "dino", "bootleg"),
+    "model.stem": ("patch", "conv"),
     "bootleg.loss": ("smooth_l1", "mse", "l1"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -230,6 +232,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError(
                 f"'views.{key}' ({views[key]}) must be divisible by 'model.patch_size' ({cfg['model']['patch_size']})"
             )
+    patch = cfg["model"]["patch_size"]
+    if cfg["model"]["stem"] == "conv" and (patch < 2 or patch & (patch - 1)):
+        raise ConfigError(f"'model.stem' conv needs a 'model.patch_size' that is a power of 2 (>= 2); got {patch}")
     jitter = views["color_jitter"]
     if not (isinstance(jitter, list) and len(jitter) == 4 and all(isinstance(j, (int, float)) and j >= 0 for j in jitter)
             and jitter[3] <= 0.5):

@@ -43,3 +43,16 @@ def test_backbone_export_round_trip(tmp_path):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(FileNotFoundError, match="without backbone.safetensors"):
         load_backbone(tmp_path / "empty_run")
+
+
+def test_conv_stem_backbone_records_its_stem(tmp_path):
+    from udi.io.checkpoint import read_backbone_file
+    import json
+
+    model = build_vit("vit_nano", patch_size=8, img_size=32, stem="conv").eval()
+    export_backbone(tmp_path / "backbone.safetensors", model, {"method": "dino"})
+    _, metadata = read_backbone_file(tmp_path / "backbone.safetensors")
+    assert json.loads(metadata["arch"])["stem"] == "conv"
+    loaded = load_backbone(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    assert loaded.stem == "conv" and torch.equal(loaded(x), model(x))

@@ -249,3 +249,43 @@ def test_gradients_reach_all_parameters():
     (model(torch.randn(2, 3, 16, 16)) * torch.randn(2, 2, 32)).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_conv_stem_shapes_and_widths():
+    model = small_vit(patch_size=8, embed_dim=32, stem="conv")
+    convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32] and all(c.stride == (2, 2) for c in convs)
+    assert model.patch_embed(torch.randn(2, 3, 32, 32)).shape == (2, 16, 32)  # a 4 x 4 grid, as patch 8
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 1 + 16, 32)
+    # Other crop sizes: the stem's grid follows the input, the positional embeddings are resized.
+    assert model.forward_features(torch.randn(2, 3, 16, 48)).shape == (2, 1 + 2 * 6, 32)
+    assert small_vit(stem="patch").patch_embed.__class__.__name__ == "PatchEmbed"
+
+
+def test_conv_stem_changes_only_the_patch_embedding():
+    conv, patch = small_vit(patch_size=8, stem="conv"), small_vit(patch_size=8)
+    conv_keys, patch_keys = set(conv.state_dict()), set(patch.state_dict())
+    assert conv_keys - patch_keys == {k for k in conv_keys if k.startswith("patch_embed.stem.")}
+    assert patch_keys - conv_keys == set()  # patch_embed.proj is the stem's 1x1 projection
+    assert conv.state_dict()["patch_embed.proj.weight"].shape == (32, 32, 1, 1)
+
+
+def test_conv_stem_round_trips_through_arch_config():
+    model = small_vit(patch_size=4, stem="conv")
+    config = json.loads(json.dumps(model.arch_config()))
+    assert config["stem"] == "conv" and "stem" not in small_vit().arch_config()  # patch files stay as before
+    rebuilt = vit_from_config(config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt(x), model(x))
+    with pytest.raises(ValueError, match=r"unknown architecture field\(s\) \['stem_width'\]"):
+        vit_from_config({**config, "stem_width": 3})
+
+
+@pytest.mark.parametrize("patch, message", [(6, "power of 2"), (1, "power of 2")])
+def test_conv_stem_needs_a_power_of_two_patch(patch, message):
+    with pytest.raises(ValueError, match=message):
+        VisionTransformer(img_size=36 if patch == 6 else 32, patch_size=patch, embed_dim=32, depth=1, num_heads=2,
+                          stem="conv")
+    with pytest.raises(ValueError, match="stem must be one of"):
+        small_vit(stem="convnext")

@@ -15,5 +15,6 @@ def build_backbone(cfg: dict, n_cls: int) -> VisionTransformer:
         img_size=cfg["views"]["global_size"],
         n_cls=n_cls,
         drop_path_rate=model["drop_path_rate"],
+        stem=model["stem"],
         **overrides,
     )

@@ -9,6 +9,7 @@ Shapes: B batch, T = n_cls + N tokens, N patch tokens, D embed dim, H heads.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -67,6 +68,36 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+STEMS = ("patch", "conv")
+
+
+class ConvStem(nn.Module):
+    """(B, C, H, W) -> (B, N, D) through log2(patch_size) stride-2 3x3 convolutions, each
+    followed by GroupNorm (one group: per-image statistics, no batch state) and GELU, then
+    a 1x1 projection (``proj``) to D: the early convolutions of Xiao et al. (2021) in place
+    of the patchify convolution. Widths double up to D: D/4, D/2, D for patch 8.
+    """
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 384):
+        super().__init__()
+        steps = patch_size.bit_length() - 1
+        if patch_size < 2 or patch_size != 1 << steps:
+            raise ValueError(f"a conv stem needs a patch size that is a power of 2 (>= 2), got {patch_size}")
+        widths = [embed_dim >> (steps - 1 - i) for i in range(steps)]
+        if embed_dim % (1 << (steps - 1)):
+            raise ValueError(f"a conv stem for patch {patch_size} needs embed_dim divisible by {1 << (steps - 1)}")
+        layers, prev = [], in_chans
+        for width in widths:
+            layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1, bias=False), nn.GroupNorm(1, width), nn.GELU()]
+            prev = width
+        self.patch_size = patch_size
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(prev, embed_dim, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -139,8 +170,10 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path_rate: float = 0.0, n_cls: int = 1):
+                 qkv_bias: bool = True, drop_path_rate: float = 0.0, n_cls: int = 1, stem: str = "patch"):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         if n_cls < 1:
@@ -148,10 +181,10 @@ class VisionTransformer(nn.Module):
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.mlp_ratio, self.qkv_bias = mlp_ratio, qkv_bias
-        self.drop_path_rate, self.n_cls = drop_path_rate, n_cls
+        self.drop_path_rate, self.n_cls, self.stem = drop_path_rate, n_cls, stem
         self.grid_size = img_size // patch_size
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = (PatchEmbed if stem == "patch" else ConvStem)(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, n_cls, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_cls + self.grid_size**2, embed_dim))
         # Stochastic depth rate grows linearly with depth (DINO).
@@ -166,11 +199,13 @@ class VisionTransformer(nn.Module):
         self.apply(init_weights)
 
     def arch_config(self) -> dict:
-        """JSON-able constructor arguments; ``vit_from_config`` rebuilds the same architecture."""
-        return dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
-                    embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
-                    mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
-                    drop_path_rate=self.drop_path_rate, n_cls=self.n_cls)
+        """JSON-able constructor arguments; ``vit_from_config`` rebuilds the same architecture
+        (``stem`` only when it is not the patchify default, so older readers load patch-stem files)."""
+        config = dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+                      embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
+                      mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                      drop_path_rate=self.drop_path_rate, n_cls=self.n_cls)
+        return config if self.stem == "patch" else {**config, "stem": self.stem}
 
     def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:
         """Positional embeddings (1, n_cls + h*w, D) for an h x w patch grid."""
@@ -262,10 +297,10 @@ class VisionTransformer(nn.Module):
 def build_vit(arch: str = "vit_small", patch_size: int = 16, img_size: int = 224, n_cls: int = 1,
               drop_path_rate: float = 0.0, **overrides) -> VisionTransformer:
     """Build a ViT from a preset name; ``overrides`` may replace embed_dim, depth,
-    num_heads, mlp_ratio, qkv_bias or in_chans."""
+    num_heads, mlp_ratio, qkv_bias, in_chans or stem (``patch`` | ``conv``)."""
     if arch not in ARCH_PRESETS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCH_PRESETS)}")
-    allowed = {"embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "in_chans"}
+    allowed = {"embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "in_chans", "stem"}
     unknown = set(overrides) - allowed
     if unknown:
         raise ValueError(f"unknown overrides {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -275,5 +310,9 @@ def build_vit(arch: str = "vit_small", patch_size: int = 16, img_size: int = 224
 
 
 def vit_from_config(cfg: dict) -> VisionTransformer:
-    """Inverse of ``VisionTransformer.arch_config``."""
+    """Inverse of ``VisionTransformer.arch_config``; unknown keys are an error naming them."""
+    known = set(inspect.signature(VisionTransformer.__init__).parameters) - {"self"}
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(f"unknown architecture field(s) {sorted(unknown)} (this udi knows {sorted(known)})")
     return VisionTransformer(**cfg)

@@ -1,7 +1,7 @@
 """The pretraining loop: the same code on CPU, one GPU and torchrun DDP, for every method.
 
 What a method does (its networks, inputs, loss terms, EMA modules, extra schedules, log
-terms) comes from ``udi.methods``; this loop names none of them.
+terms) comes from its ``Method`` object (the ``methods`` package); this loop names none.
 
 Randomness is a function of (seed, step, rank): every step reseeds the global RNG (drop
 path) and builds a fresh generator for the views, and the sampler is seeded per epoch.
