@@ -153,3 +153,16 @@ def test_dataset_collates():
     assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 32, 32)
     assert batch["present"].shape == (4, 10) and batch["label"].shape == (4,)
     assert batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_rendered_items_are_kept_and_equal_fresh_renders():
+    data = ScenesDataset("train", size=16, num_images=8, seed=3)
+    first = data[5]
+    assert 5 in data._rendered and len(data._rendered) == 1
+    first["image"].zero_()
+    first["mask"].zero_()
+    first["present"].zero_()  # a consumer writing into its item must not change the kept copy
+    again, fresh = data[5], ScenesDataset("train", size=16, num_images=8, seed=3)[5]
+    for key in fresh:
+        assert torch.equal(torch.as_tensor(again[key]), torch.as_tensor(fresh[key])), key
+    assert again["mask"].dtype == torch.int64 and again["image"].dtype == torch.uint8
