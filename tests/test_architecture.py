@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "udi"
 
 # Lowest first: a module may import from its own layer and the layers before it. Modules of
 # no layer (udi, udi.config, udi.schedules) are foundations that any module may import.
-LAYERS = ["io", "data", "losses", "models", "methods", "train", "eval", "viz", "cli"]
+LAYERS = ["io", "data", "losses", "models", "methods", "eval", "train", "viz", "cli"]
 METHOD_NAMES = ("bootleg", "dino", "udi")
 
 

@@ -112,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 500,  # steps; also at each epoch end
         "log_every": 10,
         "progress": True,
+        "eval_every": 0,  # steps between online k-NN evaluations of the teacher (0: off); also at the last step
+        "eval_data": None,  # their labelled data: a built-in name or a folder with train/ and val/ (None: data.name)
+        "eval_images": 2000,  # images of each split used by the online k-NN (a fixed random subset)
     },
     "eval": {
         "knn_k": [10, 20, 100, 200],
@@ -223,6 +226,11 @@ def validate(cfg: dict) -> None:
         value = get_key(cfg, key)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"'{key}' must be a positive integer; got {value!r}")
+    for key in ("train.eval_every", "train.eval_images"):
+        value = get_key(cfg, key)
+        least = 0 if key == "train.eval_every" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"'{key}' must be an integer >= {least}; got {value!r}")
     max_steps = cfg["train"]["max_steps"]
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ConfigError(f"'train.max_steps' must be a positive integer or null; got {max_steps!r}")

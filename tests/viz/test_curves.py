@@ -57,3 +57,13 @@ def test_quantities_of_another_size_get_their_own_panel(tmp_path):
     assert panels(read_log(tmp_path / "log.jsonl")) == [
         ("loss terms", ["loss", "block0"]), ("context_tokens", ["context_tokens"]), ("relaxed", ["relaxed"]),
         ("learning rate", ["lr"])]
+
+
+def test_online_knn_keys_share_one_panel(tmp_path):
+    records = [{"step": 1, "loss": 2.0, "lr": 0.1}, {"step": 2, "loss": 1.9, "lr": 0.1, "knn_cls": 20.0,
+                                                     "knn_patch_mean": 31.0}, {"step": 3, "loss": 1.8, "lr": 0.1}]
+    (tmp_path / "log.jsonl").write_text("\n".join(map(json.dumps, records)))
+    assert panels(read_log(tmp_path / "log.jsonl")) == [
+        ("loss terms", ["loss"]), ("online k-NN top-1 (%)", ["knn_cls", "knn_patch_mean"]), ("learning rate", ["lr"])]
+    with Image.open(write_curves(tmp_path)) as im:
+        assert im.size == figure_size_px(3)

@@ -28,6 +28,7 @@ from udi.data.datasets import build_dataset
 from udi.io.checkpoint import export_backbone, load_checkpoint, save_checkpoint
 from udi.methods import build_method
 from udi.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
 from udi.train.sampler import ResumableSampler
@@ -102,6 +103,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train["precision"] == "fp16")
         self.global_batch = train["batch_size"] * self.info.world_size
         self.base_lr = schedules.scaled_lr(cfg["optim"]["lr"], self.global_batch)
+
+        # Online k-NN of the teacher (train.eval_every), on the main process only.
+        self.monitor = KnnMonitor(cfg, self.device) if train["eval_every"] and self.info.is_main else None
 
         self.step = 0  # optimiser steps done
         self.failed_images = 0
@@ -245,9 +249,12 @@ class Trainer:
                     last = self.train_step(batch, epoch)
                     images += self.global_batch
                     done = self.step >= max_steps
-                    if self.step % cfg["log_every"] == 0 or done:
+                    evaluate = cfg["eval_every"] > 0 and (self.step % cfg["eval_every"] == 0 or done)
+                    if self.step % cfg["log_every"] == 0 or done or evaluate:
                         elapsed = time.perf_counter() - tick
                         last["images_per_sec"] = images / max(elapsed, 1e-9)
+                        if evaluate and self.monitor is not None:  # after the speed: not counted in it
+                            last.update(self.monitor(self.teacher.backbone))
                         self._log(epoch, last)
                         tick, images = time.perf_counter(), 0
                     progress.update(self.step, last, epoch)

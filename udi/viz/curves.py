@@ -4,7 +4,8 @@ Whatever numeric keys the log has are plotted, so logs of other methods work too
 schedule keys each get a panel (``SCHEDULE_PANELS``); every other numeric key is taken as a
 loss term and drawn in the "loss terms" panel, unless its typical size is more than
 ``SCALE_RATIO`` times off that of ``loss`` (then it is some other quantity, e.g. a count, and
-gets a panel of its own so that it does not flatten the losses). The x axis is the first of ``STEP_KEYS`` that every
+gets a panel of its own so that it does not flatten the losses). The online k-NN accuracies
+(``knn_*`` keys, ``train.eval_every``) share one panel, drawn at the steps that have them. The x axis is the first of ``STEP_KEYS`` that every
 record has (else the line number); epoch starts are marked with dotted lines.
 """
 
@@ -28,6 +29,7 @@ SCHEDULE_PANELS = {
     "images_per_sec": "images per second",
     "failed_images": "undecodable images (total)",
 }
+KNN_PREFIX = "knn_"  # online k-NN top-1 of the teacher (udi.train.monitor)
 SCALE_RATIO = 10.0
 PANEL_PX = (480, 300)  # (width, height) of one panel in the PNG
 DPI = 100
@@ -81,7 +83,8 @@ def panels(records: list[dict]) -> list[tuple[str, list[str]]]:
     """(title, keys) of each panel: the loss terms first, then other unknown keys of a different
     size, one panel each, then each schedule key present (``failed_images`` only when some image failed)."""
     keys = numeric_keys(records)
-    unknown = [k for k in keys if k not in SCHEDULE_PANELS]
+    knn = [k for k in keys if k.startswith(KNN_PREFIX)]
+    unknown = [k for k in keys if k not in SCHEDULE_PANELS and k not in knn]
     out = []
     if unknown:
         reference = _typical_size(records, "loss" if "loss" in unknown else unknown[0])
@@ -89,6 +92,8 @@ def panels(records: list[dict]) -> list[tuple[str, list[str]]]:
         loss_terms = [k for k in unknown if alike(k) or k == "loss" or k == unknown[0]]
         out.append(("loss terms", loss_terms))
         out.extend((k, [k]) for k in unknown if k not in loss_terms)
+    if knn:
+        out.append(("online k-NN top-1 (%)", knn))
     for key, title in SCHEDULE_PANELS.items():
         if key not in keys:
             continue
@@ -124,7 +129,8 @@ def plot_curves(records: list[dict], title: str = "") -> Figure:
         for key in keys:
             points = [(x, r[key]) for x, r in zip(x_all, records) if _is_number(r.get(key))]
             xs, ys = zip(*points)
-            ax.plot(xs, ys, label=key, linewidth=2.0 if key == "loss" else 1.2)
+            marker = "o" if key.startswith(KNN_PREFIX) else None  # few points: show each
+            ax.plot(xs, ys, label=key, linewidth=2.0 if key == "loss" else 1.2, marker=marker, markersize=3)
         for x in epoch_starts:
             ax.axvline(x, color="gray", linestyle=":", linewidth=0.8)
         if len(keys) > 1:
