@@ -51,9 +51,12 @@ def evaluate(backbone, name: str, data: str, protocols, features, out: Path | No
     from udi.eval.suite import run_suite, summarize
     from udi.eval.tables import markdown_table, metric_table
 
+    from udi.eval.baselines import chance_row
+
     results = run_suite(backbone, data, protocols, features, out_dir=out, device=device, options=options)
     row = summarize(results)
-    console.print(metric_table(row, f"{name} on {data}"))
+    chance = chance_row(results["chance"], list(row)) if "chance" in results else None
+    console.print(metric_table(row, f"{name} on {data}", chance))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -67,6 +70,13 @@ def cmd_eval(args) -> int:
 
     check_protocols(args.data, _protocol_list(args))  # before the (possibly slow) weights
     backbone = load_backbone(args.weights, num_heads=args.num_heads)
+    if args.baselines:
+        runs = with_baselines({Path(args.weights).name: backbone}, args.weights)
+        rows = compare_runs(runs, args.data, _protocol_list(args), Path(args.out) if args.out else None,
+                            _device(args.device), _suite_options(args),
+                            args.features.split(",") if args.features else None)
+        print(json.dumps(rows))
+        return 0
     results = evaluate(
         backbone, Path(args.weights).name, args.data, _protocol_list(args),
         args.features.split(",") if args.features else None, Path(args.out) if args.out else None,
@@ -76,23 +86,39 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def with_baselines(runs: dict, weights: str | Path | None, cfg: dict | None = None) -> dict:
+    """``runs`` (name -> backbone) followed by the reference rows of the first one: random init
+    (the run's own step-0 weights when its config is known: ``cfg``, or the ``config.yaml`` of
+    the run ``weights`` come from) and raw pixels with and without mean removal."""
+    from udi.eval.baselines import RANDOM_INIT, pixel_baselines, random_init, run_config
+
+    reference = next(iter(runs.values()))
+    if cfg is None and weights is not None:
+        cfg = run_config(weights)
+    return {**runs, RANDOM_INIT: random_init(reference, cfg), **pixel_baselines(reference)}
+
+
 def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options, features=None) -> dict:
-    """Evaluate several backbones (name -> backbone) with the same protocols; one row each.
-    features: as in ``run_suite`` (None: each protocol's default)."""
-    from udi.eval.suite import run_suite, summarize
+    """Evaluate several backbones (name -> backbone, or a raw-pixel baseline) with the same
+    protocols; one row each, then the chance row. features: as in ``run_suite`` (None: each
+    protocol's default)."""
+    from udi.eval.baselines import CHANCE, PIXEL_NOTE, RawPixels
+    from udi.eval.suite import comparison_rows, run_suite
     from udi.eval.tables import compare_table, markdown_table
 
-    rows, results = {}, {}
+    results = {}
     for name, backbone in runs.items():
         sub = out / _slug(name) if out else None
         results[name] = run_suite(backbone, data, protocols, features, out_dir=sub, device=device, options=options)
-        rows[name] = summarize(results[name])
+    rows = comparison_rows(results)
     console.print(compare_table(rows, f"{data}: best per column marked *", width=console.width))
+    if any(isinstance(b, RawPixels) for b in runs.values()):
+        console.print(PIXEL_NOTE)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(markdown_table(rows))
         (out / "compare.json").write_text(json.dumps(results, indent=2))
-    return rows
+    return {name: row for name, row in rows.items() if name != CHANCE}  # the models
 
 
 def _slug(name: str) -> str:
@@ -108,6 +134,8 @@ def cmd_compare(args) -> int:
     for path in args.runs:
         name = Path(path).name if Path(path).is_dir() else Path(path).stem
         runs[name] = load_backbone(path)
+    if args.baselines:
+        runs = with_baselines(runs, args.runs[0])
     out = Path(args.out) if args.out else None
     rows = compare_runs(runs, args.data, _protocol_list(args), out, _device(args.device), _suite_options(args))
     print(json.dumps(rows))
@@ -115,10 +143,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """UDI pretraining on the built-in scenes on the CPU, then the evaluation suite:
-    trained teacher vs the same network at random initialisation; ends with the run's report."""
+    """UDI pretraining on the built-in scenes on the CPU, then the evaluation suite: trained
+    teacher vs the same network at its initial weights and raw pixels; ends with the run's report."""
     from udi.eval.suite import SuiteOptions
-    from udi.methods import build_network
     from udi.models.pretrained import load_backbone
     from udi.train.loop import pretrain
 
@@ -128,13 +155,11 @@ def cmd_demo(args) -> int:
                   f"'{cfg['data']['name']}' into {args.out}")
     summary = pretrain(cfg, args.out)
     train_time = time.perf_counter() - start
-    torch.manual_seed(cfg["train"]["seed"])  # the initial weights of the run: build before anything else draws
-    random_init = build_network(cfg).backbone.eval()
-    random_init.pretrain_method = cfg["method"]  # evaluated on the same default features as the teacher
-    runs = {f"{cfg['method']} teacher ({summary['step']} steps)": load_backbone(args.out), "random init": random_init}
+    teacher = load_backbone(args.out)
+    runs = with_baselines({f"{cfg['method']} teacher ({summary['step']} steps)": teacher}, None, cfg)
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
     # k-NN is cheap: show it beyond [cls] too ([cls+] of UDI, the mean patch token).
-    knn_features = ["cls"] + (["cls+"] if random_init.n_cls >= 2 else []) + ["patch_mean"]
+    knn_features = ["cls"] + (["cls+"] if teacher.n_cls >= 2 else []) + ["patch_mean"]
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
                         _device(cfg["train"]["device"]), options, features={"knn": knn_features})
     console.print(f"pretraining took {train_time:.0f} s; run directory: {args.out}")
@@ -277,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-images", type=int, help="only the first N images of each split (quick looks)")
         p.add_argument("--device", default="auto")
         p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--baselines", action="store_true",
+                       help="add reference rows measured the same way: random init (the run's step-0 weights where "
+                            "its config.yaml is known) and raw pixels, with and without each image's mean removed")
 
     p = sub.add_parser("eval", help="evaluate a frozen backbone with the protocols of METHODS.md section 6")
     p.add_argument("protocol", nargs="?", choices=PROTOCOLS, help="shorthand for --protocols PROTOCOL")

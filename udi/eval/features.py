@@ -133,3 +133,29 @@ def extract_bank(
             seen += len(images)
             bar.advance(task, len(images))
     return {k: torch.cat(v) for k, v in bank.items()}, {k: torch.cat(v) for k, v in targets.items()}
+
+
+@torch.no_grad()
+def extract_pixel_bank(
+    dataset: Dataset,
+    center: bool,
+    image_size: int,
+    crop_fraction: float,
+    batch_size: int = 256,
+    progress: bool = True,
+    description: str = "pixels",
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The raw-pixel baseline's bank: ``bank["pixels"]`` (n, 3 * image_size**2) float32, the
+    evaluation crops of ``eval_crops`` flattened, each row minus its mean if ``center``;
+    targets as in ``extract_bank``."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    rows: list[torch.Tensor] = []
+    targets: dict[str, list[torch.Tensor]] = {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=len(dataset))
+        for batch in loader:
+            pixels = eval_crops(batch["image"], batch["aspect"], image_size, crop_fraction).flatten(1).float()
+            rows.append(pixels - pixels.mean(dim=1, keepdim=True) if center else pixels)
+            _collate_targets(batch, targets)
+            bar.advance(task, len(pixels))
+    return {"pixels": torch.cat(rows)}, {k: torch.cat(v) for k, v in targets.items()}

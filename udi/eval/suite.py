@@ -8,6 +8,7 @@ need) and cached in the output directory. Results are nested by protocol and fea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -20,7 +21,9 @@ from torch.utils.data import Subset
 from sklearn.exceptions import ConvergenceWarning
 
 from udi.data.datasets import BUILTIN_DATASETS, build_dataset
-from udi.eval.features import EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, parse_feature
+from udi.eval.baselines import CHANCE, PIXEL_PROTOCOLS, RawPixels, chance_levels, chance_row
+from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
+                               parse_feature)
 from udi.models.vit import VisionTransformer
 
 PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
@@ -91,8 +94,10 @@ def default_features(protocol: str, backbone: VisionTransformer) -> list[str]:
     return ["cls"]
 
 
-def fingerprint(backbone: VisionTransformer) -> str:
+def fingerprint(backbone: VisionTransformer | RawPixels) -> str:
     """Hash of the weights (the feature cache's key: a cache never outlives the weights it came from)."""
+    if isinstance(backbone, RawPixels):
+        return backbone.identity
     digest = hashlib.sha256()
     for name, tensor in backbone.state_dict().items():
         digest.update(name.encode())
@@ -136,18 +141,27 @@ class FeatureCache:
             if cached.get("key") == key:
                 self.banks[split] = (cached["bank"], cached["targets"])
                 return self.banks[split]
-        bank, targets = extract_bank(
+        if isinstance(self.backbone, RawPixels):
+            bank, targets = extract_pixel_bank(
+                self.sets[split], self.backbone.center, self.image_size, self.crop_fraction,
+                batch_size=self.options.batch_size, progress=self.options.progress, description=f"{split} pixels",
+            )
+        else:
+            bank, targets = self._extract(split)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, "bank": bank, "targets": targets}, path)
+        self.banks[split] = (bank, targets)
+        return self.banks[split]
+
+    def _extract(self, split: str) -> tuple[dict, dict]:
+        return extract_bank(
             self.backbone, self.sets[split], features=self.plan["features"], blocks=self.plan["blocks"],
             tokens=self.plan["tokens"], image_size=self.image_size, crop_fraction=self.crop_fraction,
             batch_size=self.options.batch_size, device=self.device, progress=self.options.progress,
             description=f"{split} features",
             max_token_images=self.options.max_token_images if split == "train" else None,
         )
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": key, "bank": bank, "targets": targets}, path)
-        self.banks[split] = (bank, targets)
-        return self.banks[split]
 
 
 def _plan(protocols: list[str], features: dict[str, list[str]]) -> dict:
@@ -157,7 +171,7 @@ def _plan(protocols: list[str], features: dict[str, list[str]]) -> dict:
 
 
 def run_suite(
-    backbone: VisionTransformer,
+    backbone: VisionTransformer | RawPixels,
     data: str,
     protocols: list[str] | None = None,
     features: list[str] | dict[str, list[str]] | None = None,
@@ -170,6 +184,12 @@ def run_suite(
 
     ``features`` replaces the default feature choice of knn, linear, lowshot and richness: a
     list for all four, or a dict protocol -> list for some of them (the others keep theirs).
+    ``results["chance"]`` holds the chance level of each task (``udi.eval.baselines.chance_levels``)
+    when some protocol used the feature banks.
+
+    A :class:`udi.eval.baselines.RawPixels` backbone runs only the feature protocols of
+    ``PIXEL_PROTOCOLS`` (the linear probe on cached features), once on the pixels, reported
+    under every feature name a backbone would have.
     """
     options = options or SuiteOptions()
     protocols = check_protocols(data, protocols)
@@ -185,6 +205,10 @@ def run_suite(
     for p in ("cls+", "cls_cat"):
         if backbone.n_cls < 2 and any(p in v for v in chosen.values()):
             raise ValueError(f"feature '{p}' needs a second class token; this backbone has one")
+    pixels = isinstance(backbone, RawPixels)
+    if pixels:
+        protocols = [p for p in protocols if p in PIXEL_PROTOCOLS]
+        options = dataclasses.replace(options, linear_augment=False)  # no network to augment through
     train_set, val_set = labelled_splits(data)
     if options.max_images is not None:
         train_set, val_set = (Subset(s, range(min(options.max_images, len(s)))) for s in (train_set, val_set))
@@ -198,9 +222,14 @@ def run_suite(
             # lbfgs on a few hundred samples often stops at max_iter; the probe is still valid.
             warnings.simplefilter("ignore", ConvergenceWarning)
             results[protocol] = getattr(runners, f"run_{protocol}")(
-                cache=cache, features=chosen.get(protocol, []), options=options, device=device, out_dir=out_dir
+                cache=cache, features=["pixels"] if pixels else chosen.get(protocol, []), options=options,
+                device=device, out_dir=out_dir,
             )
+        if pixels:  # one result, shown under each feature name of the compared backbone
+            results[protocol] = {f: results[protocol]["pixels"] for f in chosen[protocol]}
         results["seconds"][protocol] = round(time.perf_counter() - start, 1)
+    if {"train", "val"} <= set(cache.banks):  # not worth a feature pass of its own (attnstats alone)
+        results["chance"] = chance_levels(cache.banks["train"][1], cache.banks["val"][1])
     return results
 
 
@@ -232,3 +261,14 @@ def summarize(results: dict) -> dict[str, float]:
         last = results["attnstats"]["blocks"][-1]
         row["last-block cls entropy"] = last["cls_entropy"]
     return row
+
+
+def comparison_rows(results: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """One ``summarize`` row per model (name -> results of ``run_suite``), then a ``chance``
+    row under the columns that have a chance level (from the first results that carry one)."""
+    rows = {name: summarize(r) for name, r in results.items()}
+    levels = next((r["chance"] for r in results.values() if "chance" in r), None)
+    if levels is not None:
+        columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+        rows[CHANCE] = chance_row(levels, columns)
+    return rows

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from udi.eval.baselines import CHANCE
+
 
 def _columns(rows: dict[str, dict[str, float]]) -> list[str]:
     seen: dict[str, None] = {}
@@ -13,8 +15,10 @@ def _columns(rows: dict[str, dict[str, float]]) -> list[str]:
     return list(seen)
 
 
-def _best(rows: dict[str, dict[str, float]], column: str) -> float | None:
-    values = [m[column] for m in rows.values() if isinstance(m.get(column), (int, float))]
+def best_value(rows: dict[str, dict[str, float]], column: str) -> float | None:
+    """The highest value of ``column`` over the models (the ``chance`` row is a reference, not a
+    model), or None when fewer than two models have one."""
+    values = [m[column] for name, m in rows.items() if name != CHANCE and isinstance(m.get(column), (int, float))]
     return max(values) if len(values) > 1 else None
 
 
@@ -36,7 +40,7 @@ def compare_table(rows: dict[str, dict[str, float]], title: str = "", width: int
         for name in rows:
             table.add_column(escape(name), justify="right")
         for column in columns:
-            best = _best(rows, column)
+            best = best_value(rows, column)
             table.add_row(escape(column), *(_cell(m.get(column), best) for m in rows.values()))
         return table
     table = Table(title=title)
@@ -44,7 +48,7 @@ def compare_table(rows: dict[str, dict[str, float]], title: str = "", width: int
     for column in columns:
         table.add_column(escape(column), justify="right")
     for name, metrics in rows.items():
-        table.add_row(escape(name), *(_cell(metrics.get(c), _best(rows, c)) for c in columns))
+        table.add_row(escape(name), *(_cell(metrics.get(c), best_value(rows, c)) for c in columns))
     return table
 
 
@@ -57,16 +61,20 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
         for column in columns:
             value = metrics.get(column)
             text = "-" if value is None else f"{value:.2f}"
-            cells.append(f"**{text}**" if value is not None and value == _best(rows, column) else text)
+            cells.append(f"**{text}**" if value is not None and value == best_value(rows, column) else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def metric_table(row: dict[str, float], title: str = "") -> Table:
-    """One model's metrics, one per line (readable in a narrow terminal)."""
+def metric_table(row: dict[str, float], title: str = "", chance: dict[str, float] | None = None) -> Table:
+    """One model's metrics, one per line (readable in a narrow terminal); with ``chance``, the
+    chance level of each metric that has one beside it."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if chance:
+        table.add_column("chance", justify="right")
     for name, value in row.items():
-        table.add_row(escape(name), f"{value:.2f}")
+        cells = [f"{value:.2f}"] + ([_cell(chance.get(name), None)] if chance else [])
+        table.add_row(escape(name), *cells)
     return table

@@ -23,7 +23,8 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 
-from udi.eval.suite import summarize
+from udi.eval.suite import comparison_rows
+from udi.eval.tables import best_value
 from udi.models.pretrained import load_backbone_and_srs
 from udi.viz.attention import attention_figure
 from udi.viz.curves import LOG_FILE, plot_curves, read_log
@@ -78,20 +79,20 @@ def eval_rows(path: Path, run_name: str) -> dict[str, dict[str, float]]:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read evaluation results {path}: {error}") from error
     if path.name == "compare.json":
-        return {name: summarize(r) for name, r in results.items()}
-    return {run_name: summarize(results)}
+        return comparison_rows(results)
+    return comparison_rows({run_name: results})
 
 
 def html_table(rows: dict[str, dict[str, float]]) -> str:
-    """Metrics as rows, models as columns (wide metric lists stay readable); best per metric in bold."""
+    """Metrics as rows, models as columns (wide metric lists stay readable); best per metric in bold
+    (among the models: not the chance row)."""
     models = list(rows)
     metrics = list(dict.fromkeys(m for row in rows.values() for m in row))
     head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
     lines = [f"<table><tr><th>metric</th>{head}</tr>"]
     for metric in metrics:
         values = [rows[m].get(metric) for m in models]
-        numbers = [v for v in values if isinstance(v, (int, float))]
-        best = max(numbers) if len(numbers) > 1 else None
+        best = best_value(rows, metric)
         cells = "".join(
             "<td>-</td>" if v is None else (f"<td><b>{v:.2f}</b></td>" if v == best else f"<td>{v:.2f}</td>")
             for v in values
