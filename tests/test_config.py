@@ -27,6 +27,7 @@ def test_layering_defaults_file_overrides(tmp_path):
         ("data:\n  name: scenes\nloss:\n  centering: mean\n", "'loss.centering' must be one of center, sinkhorn"),
         ("data:\n  name: scenes\nloss:\n  sinkhorn_iters: 0\n", "'loss.sinkhorn_iters' must be a positive integer"),
         ("data:\n  name: scenes\nmodel:\n  stem: cnn\n", "'model.stem' must be one of patch, conv"),
+        ("data:\n  name: scenes\nloss:\n  koleo_weight: -0.1\n", "'loss.koleo_weight' must be a number >= 0"),
         ("data:\n  name: scenes\nmodel:\n  stem: conv\n  patch_size: 12\nviews:\n  global_size: 24\n  local_size: 12\n",
          "'model.stem' conv needs a 'model.patch_size' that is a power of 2"),
     ],

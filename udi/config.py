@@ -90,6 +90,9 @@ DEFAULTS: dict[str, Any] = {
         # short run can use a sharp teacher; see configs/udi_cpu_demo.yaml).
         "centering": "center",
         "sinkhorn_iters": 3,
+        # KoLeo (DINOv2) on the student's normed [cls] of each global view, added to the loss with
+        # this weight (DINOv2: 0.1); 0 = off, METHODS.md's loss.
+        "koleo_weight": 0.0,
     },
     "optim": {
         "lr": 5e-4,  # per 256 images of global batch
@@ -231,6 +234,9 @@ def validate(cfg: dict) -> None:
         least = 0 if key == "train.eval_every" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"'{key}' must be an integer >= {least}; got {value!r}")
+    koleo = cfg["loss"]["koleo_weight"]
+    if not isinstance(koleo, (int, float)) or isinstance(koleo, bool) or koleo < 0:
+        raise ConfigError(f"'loss.koleo_weight' must be a number >= 0; got {koleo!r}")
     max_steps = cfg["train"]["max_steps"]
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ConfigError(f"'train.max_steps' must be a positive integer or null; got {max_steps!r}")

@@ -28,6 +28,7 @@ class StudentLogits:
     cls: torch.Tensor  # (V*B, K)
     cls_plus: torch.Tensor | None = None  # (V*B, K)
     patch: torch.Tensor | None = None  # (2, B, Sg, K): SRS logits at the student's own points of global view u
+    cls_features: torch.Tensor | None = None  # (2*B, D): normed backbone [cls] of the global views (KoLeo)
 
 
 @dataclass

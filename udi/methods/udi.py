@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from udi.data.augment import photometric_from_config
 from udi.data.views import UDIViews, ViewSpec, make_udi_views, one_hot_selection
+from udi.losses.koleo import koleo_loss
 from udi.losses.udi import UDILoss
 from udi.methods.base import Method
 from udi.models.backbone import build_backbone
@@ -58,6 +59,7 @@ class UDIMethod(Method):
         self.patch_level = patch_level
         self.spec = view_spec(cfg)
         self.photometric = photometric_from_config(cfg["views"])
+        self.koleo_weight = float(cfg["loss"]["koleo_weight"])
 
     @classmethod
     def udi(cls, cfg: dict) -> UDIMethod:
@@ -101,7 +103,7 @@ class UDIMethod(Method):
 
     # ------------------------------------------------------------------ step
     def log_terms(self, loss_fn: nn.Module) -> tuple[str, ...]:
-        return TERMS
+        return (*TERMS, "koleo") if self.koleo_weight else TERMS
 
     def schedules(self, epoch: int) -> dict[str, float]:
         loss = self.cfg["loss"]
@@ -119,7 +121,8 @@ class UDIMethod(Method):
     def loss_terms(
         self, model: nn.Module, teacher: nn.Module, loss_fn: UDILoss, inputs: UDIViews, schedules: dict[str, float]
     ) -> dict[str, Tensor]:
-        """Teacher forward (no gradient), student forward, the terms of ``TERMS``."""
+        """Teacher forward (no gradient), student forward, the terms of ``TERMS`` (+ ``koleo``,
+        the KoLeo term of each global view summed as in DINOv2, added to ``loss`` with its weight)."""
         views, has_locals = inputs, self.spec.n_local > 0
         patches = loss_fn.needs_teacher_patches
         with torch.no_grad():
@@ -132,10 +135,14 @@ class UDIMethod(Method):
         if loss_fn.patch_level:
             select = one_hot_selection(views.select_global, self.spec.global_grid).to(views.globals_.dtype)
         student_out = model("student", views.globals_, views.locals_ if has_locals else None, select)
-        return loss_fn(
+        terms = loss_fn(
             student_out,
             teacher_out,
             views.valid_global if patches else None,
             views.valid_local if patches and has_locals else None,
             schedules["teacher_temp"],
         )
+        if self.koleo_weight:
+            terms["koleo"] = sum(koleo_loss(view) for view in student_out.cls_features.chunk(2))
+            terms["loss"] = terms["loss"] + self.koleo_weight * terms["koleo"]
+        return terms

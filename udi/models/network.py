@@ -83,7 +83,7 @@ class UDINetwork(nn.Module):
         )
         if logits_patch is not None:
             logits_patch = logits_patch.unflatten(0, (2, -1, select_weights.shape[1]))
-        return StudentLogits(cls=logits_cls, cls_plus=logits_plus, patch=logits_patch)
+        return StudentLogits(cls=logits_cls, cls_plus=logits_plus, patch=logits_patch, cls_features=cls_g[:, 0])
 
     def forward_teacher(
         self, globals_: torch.Tensor, map_global: torch.Tensor | None, map_local: torch.Tensor | None
