@@ -31,3 +31,9 @@ def test_teacher_temperature_linspace_then_constant():
 
 def test_linear_lr_scaling():
     assert scaled_lr(5e-4, 1024) == pytest.approx(2e-3)
+
+
+def test_linear_ramp():
+    from udi.schedules import linear_ramp
+
+    assert [linear_ramp(e, 0.2, 1.0, 4) for e in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])

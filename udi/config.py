@@ -58,6 +58,11 @@ DEFAULTS: dict[str, Any] = {
         "color_jitter_p": 0.8,
         "grayscale_p": 0.2,
         "solarize_p": 0.2,
+        # Colour-augmentation strength ramp (jitter magnitudes and the jitter, grayscale and solarise
+        # probabilities scaled by s): s = photometric_ramp_start at epoch 0, linearly to 1 at epoch
+        # photometric_ramp_epochs. 0 = off (full strength throughout, DINO).
+        "photometric_ramp_epochs": 0,
+        "photometric_ramp_start": 0.0,
     },
     "udi": {
         "extra_token": True,  # the second class token [cls+] and its level
@@ -234,6 +239,12 @@ def validate(cfg: dict) -> None:
         least = 0 if key == "train.eval_every" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"'{key}' must be an integer >= {least}; got {value!r}")
+    ramp = cfg["views"]["photometric_ramp_epochs"]
+    if not isinstance(ramp, int) or isinstance(ramp, bool) or ramp < 0:
+        raise ConfigError(f"'views.photometric_ramp_epochs' must be an integer >= 0; got {ramp!r}")
+    start = cfg["views"]["photometric_ramp_start"]
+    if not isinstance(start, (int, float)) or isinstance(start, bool) or not 0 <= start <= 1:
+        raise ConfigError(f"'views.photometric_ramp_start' must be a number in [0, 1]; got {start!r}")
     koleo = cfg["loss"]["koleo_weight"]
     if not isinstance(koleo, (int, float)) or isinstance(koleo, bool) or koleo < 0:
         raise ConfigError(f"'loss.koleo_weight' must be a number >= 0; got {koleo!r}")

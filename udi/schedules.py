@@ -28,6 +28,11 @@ def teacher_temperature(epoch: int, warmup_temp: float, temp: float, warmup_epoc
     return warmup_temp + (temp - warmup_temp) * epoch / (warmup_epochs - 1)
 
 
+def linear_ramp(epoch: int, start: float, end: float, epochs: int) -> float:
+    """``start`` at epoch 0, linearly to ``end`` at epoch ``epochs``, then ``end``."""
+    return end if epoch >= epochs else start + (end - start) * epoch / epochs
+
+
 def scaled_lr(lr_per_256: float, global_batch: int) -> float:
     """Linear scaling rule: ``lr * global_batch / 256``."""
     return lr_per_256 * global_batch / 256

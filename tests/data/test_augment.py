@@ -119,3 +119,20 @@ def test_photometric_from_config_uses_every_key():
     assert aug.solarize_p == 0.1 and aug.blur_sigma == (0.2, 0.4) and not aug.enabled
     default = photometric_from_config(DEFAULTS["views"])  # the defaults are DINO's recipe
     assert repr(default) == repr(Photometric())
+
+
+def test_at_strength_scales_the_colour_recipe_and_keeps_the_draws():
+    from udi.data.augment import Photometric
+
+    full = Photometric(jitter=(0.4, 0.4, 0.2, 0.5), jitter_p=1.0, gray_p=0.2, solarize_p=0.2)
+    half = full.at_strength(0.5)
+    assert half.jitter == (0.2, 0.2, 0.1, 0.25) and (half.jitter_p, half.gray_p, half.solarize_p) == (0.5, 0.1, 0.1)
+    assert half.blur_sigma == full.blur_sigma
+    x = torch.rand(6, 3, 8, 8)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(full.at_strength(1.0)(x, g1), full(x, g2))  # strength 1 is the recipe itself
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    full.at_strength(0.0)(x, g1), full(x, g2)
+    assert torch.equal(g1.get_state(), g2.get_state())  # as many draws at any strength: runs stay exact
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        full.at_strength(1.5)

@@ -49,8 +49,9 @@ def test_udi_step_adds_the_weighted_term():
         teacher, loss_fn = method.build_teacher(student), method.build_loss(student)
         dataset = build_dataset(name="scenes", scenes_size=16, scenes_num_images=8)
         batch = default_collate([dataset[i] for i in range(4)])
-        inputs = method.make_inputs(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
-        return method.log_terms(loss_fn), method.loss_terms(student, teacher, loss_fn, inputs, method.schedules(0))
+        sched = method.schedules(0)
+        inputs = method.make_inputs(batch, torch.device("cpu"), torch.Generator().manual_seed(0), sched)
+        return method.log_terms(loss_fn), method.loss_terms(student, teacher, loss_fn, inputs, sched)
 
     names_off, off = terms(0.0)
     names_on, on = terms(0.5)

@@ -90,7 +90,7 @@ def test_method_contract(name):
     terms_names = method.log_terms(loss_fn)
     assert terms_names[0] == "loss"
     schedules = method.schedules(epoch=0)
-    inputs = method.make_inputs(tiny_batch(cfg), torch.device("cpu"), torch.Generator().manual_seed(0))
+    inputs = method.make_inputs(tiny_batch(cfg), torch.device("cpu"), torch.Generator().manual_seed(0), schedules)
     terms = method.loss_terms(student, teacher, loss_fn, inputs, schedules)
     assert set(terms_names) >= {"loss"} and all(n in terms for n in terms_names if n not in ("cls_plus", "patch"))
     assert all(terms[n].ndim == 0 and torch.isfinite(terms[n]) for n in terms_names if n in terms)
@@ -110,3 +110,16 @@ def test_each_method_declares_its_own_schedules_and_terms():
                                                         "context_tokens", "relaxed")
     target, source = boot.ema_modules(boot.build_teacher(student), student)
     assert target.__class__.__name__ == "VisionTransformer" and source is student.backbone  # encoder alone
+
+
+def test_photometric_ramp_schedule_reaches_the_full_recipe():
+    ramped = build_method(method_cfg("udi", "views.photometric_ramp_epochs=4", "views.photometric_ramp_start=0.2"))
+    assert ramped.schedules(0)["photometric_strength"] == pytest.approx(0.2)
+    assert ramped.schedules(2)["photometric_strength"] == pytest.approx(0.6)
+    plain = build_method(method_cfg("udi"))
+    assert "photometric_strength" not in plain.schedules(0)
+    batch = tiny_batch(plain.cfg)
+    views = [m.make_inputs(batch, torch.device("cpu"), torch.Generator().manual_seed(1), m.schedules(epoch))
+             for m, epoch in ((ramped, 5), (plain, 5), (ramped, 0))]
+    assert torch.equal(views[0].globals_, views[1].globals_)  # past the ramp: the full recipe
+    assert not torch.equal(views[2].globals_, views[1].globals_)  # during it: weaker colour changes

@@ -157,6 +157,21 @@ class Photometric:
             f"blur_sigma={self.blur_sigma}, solarize_p={self.solarize_p}, enabled={self.enabled})"
         )
 
+    def at_strength(self, strength: float) -> Photometric:
+        """The recipe with the colour operations scaled by ``strength`` in [0, 1]: jitter
+        magnitudes and the jitter, grayscale and solarisation probabilities (blur unchanged).
+        The random draws stay the same in number and order, so a schedule keeps runs exact."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"photometric strength must be in [0, 1], got {strength}")
+        return Photometric(
+            jitter=tuple(j * strength for j in self.jitter),
+            jitter_p=self.jitter_p * strength,
+            gray_p=self.gray_p * strength,
+            blur_sigma=self.blur_sigma,
+            solarize_p=self.solarize_p * strength,
+            enabled=self.enabled,
+        )
+
     def _kernel_size(self, h: int, w: int) -> int:
         k = 2 * math.ceil(3 * self.blur_sigma[1]) + 1
         # Reflect padding needs the half kernel to be smaller than the image.

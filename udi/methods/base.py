@@ -73,9 +73,12 @@ class Method(ABC):
         return {}
 
     @abstractmethod
-    def make_inputs(self, batch: dict, device: torch.device, generator: torch.Generator) -> Any:
+    def make_inputs(
+        self, batch: dict, device: torch.device, generator: torch.Generator, schedules: dict[str, float]
+    ) -> Any:
         """A loader batch (``image`` (B, 3, H, W) uint8 canvases, ``aspect`` (B,), ...) ->
-        what ``loss_terms`` needs, on ``device``; random draws from ``generator`` only."""
+        what ``loss_terms`` needs, on ``device``; random draws from ``generator`` only.
+        ``schedules``: this step's values (the loop's and ``self.schedules``)."""
 
     @abstractmethod
     def loss_terms(

@@ -92,7 +92,9 @@ class BootlegMethod(Method):
     def log_terms(self, loss_fn: BootlegLoss) -> tuple[str, ...]:
         return (*loss_fn.term_names, *MASK_TERMS)
 
-    def make_inputs(self, batch: dict, device: torch.device, generator: torch.Generator) -> BootlegBatch:
+    def make_inputs(
+        self, batch: dict, device: torch.device, generator: torch.Generator, schedules: dict[str, float]
+    ) -> BootlegBatch:
         canvas = batch["image"].to(device, non_blocking=True)
         aspect = batch["aspect"].to(device, non_blocking=True)
         return make_bootleg_batch(canvas, aspect, self.size, self.crop_scale, self.flip, self.mask_spec, generator)

@@ -106,17 +106,29 @@ class UDIMethod(Method):
         return (*TERMS, "koleo") if self.koleo_weight else TERMS
 
     def schedules(self, epoch: int) -> dict[str, float]:
-        loss = self.cfg["loss"]
-        return {
+        """The teacher temperature; with ``views.photometric_ramp_epochs`` also the strength of
+        the colour augmentation (``photometric_strength``)."""
+        loss, views = self.cfg["loss"], self.cfg["views"]
+        values = {
             "teacher_temp": schedules.teacher_temperature(
                 epoch, loss["warmup_teacher_temp"], loss["teacher_temp"], loss["warmup_teacher_temp_epochs"]
             )
         }
+        if views["photometric_ramp_epochs"]:
+            values["photometric_strength"] = schedules.linear_ramp(
+                epoch, views["photometric_ramp_start"], 1.0, views["photometric_ramp_epochs"]
+            )
+        return values
 
-    def make_inputs(self, batch: dict, device: torch.device, generator: torch.Generator) -> UDIViews:
+    def make_inputs(
+        self, batch: dict, device: torch.device, generator: torch.Generator, schedules: dict[str, float]
+    ) -> UDIViews:
         canvas = batch["image"].to(device, non_blocking=True)
         aspect = batch["aspect"].to(device, non_blocking=True)
-        return make_udi_views(canvas, aspect, self.spec, generator, self.photometric)
+        photometric = self.photometric
+        if "photometric_strength" in schedules:  # views.photometric_ramp_epochs
+            photometric = photometric.at_strength(schedules["photometric_strength"])
+        return make_udi_views(canvas, aspect, self.spec, generator, photometric)
 
     def loss_terms(
         self, model: nn.Module, teacher: nn.Module, loss_fn: UDILoss, inputs: UDIViews, schedules: dict[str, float]

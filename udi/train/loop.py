@@ -181,7 +181,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         sched = self._schedules(epoch)
         set_lr_wd(self.optimizer, sched["lr"], sched["wd"])
-        inputs = self.method.make_inputs(batch, self.device, generator)
+        inputs = self.method.make_inputs(batch, self.device, generator, sched)
         with autocast_context(self.device, self.cfg["train"]["precision"]):
             terms = self.method.loss_terms(self.model, self.teacher, self.loss_fn, inputs, sched)
 
