@@ -86,24 +86,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def with_baselines(runs: dict, weights: str | Path | None, cfg: dict | None = None) -> dict:
+def with_baselines(runs: dict, weights: str | Path | None, cfg: dict | None = None, pixel_protocols=None) -> dict:
     """``runs`` (name -> backbone) followed by the reference rows of the first one: random init
     (the run's own step-0 weights when its config is known: ``cfg``, or the ``config.yaml`` of
-    the run ``weights`` come from) and raw pixels with and without mean removal."""
-    from udi.eval.baselines import RANDOM_INIT, pixel_baselines, random_init, run_config
+    the run ``weights`` come from) and raw pixels with and without mean removal (running
+    ``pixel_protocols``; None: every protocol they can)."""
+    from udi.eval.baselines import PIXEL_PROTOCOLS, RANDOM_INIT, pixel_baselines, random_init, run_config
 
     reference = next(iter(runs.values()))
     if cfg is None and weights is not None:
         cfg = run_config(weights)
-    return {**runs, RANDOM_INIT: random_init(reference, cfg), **pixel_baselines(reference)}
+    pixels = pixel_baselines(reference, tuple(pixel_protocols or PIXEL_PROTOCOLS))
+    return {**runs, RANDOM_INIT: random_init(reference, cfg), **pixels}
 
 
 def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options, features=None) -> dict:
     """Evaluate several backbones (name -> backbone, or a raw-pixel baseline) with the same
     protocols; one row each, then the chance row. features: as in ``run_suite`` (None: each
     protocol's default)."""
-    from udi.eval.baselines import CHANCE, PIXEL_NOTE, RawPixels
-    from udi.eval.suite import comparison_rows, run_suite
+    from udi.eval.baselines import CHANCE, RawPixels, pixel_note
+    from udi.eval.suite import check_protocols, comparison_rows, run_suite
     from udi.eval.tables import compare_table, markdown_table
 
     results = {}
@@ -112,8 +114,9 @@ def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, opt
         results[name] = run_suite(backbone, data, protocols, features, out_dir=sub, device=device, options=options)
     rows = comparison_rows(results)
     console.print(compare_table(rows, f"{data}: best per column marked *", width=console.width))
-    if any(isinstance(b, RawPixels) for b in runs.values()):
-        console.print(PIXEL_NOTE)
+    pixels = [b for b in runs.values() if isinstance(b, RawPixels)]
+    if pixels:
+        console.print(pixel_note(pixels[0], check_protocols(data, protocols)))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(markdown_table(rows))
@@ -156,7 +159,9 @@ def cmd_demo(args) -> int:
     summary = pretrain(cfg, args.out)
     train_time = time.perf_counter() - start
     teacher = load_backbone(args.out)
-    runs = with_baselines({f"{cfg['method']} teacher ({summary['step']} steps)": teacher}, None, cfg)
+    # Pixel rows: k-NN and low-shot only (their richness probes on 3 x 32 x 32 values take minutes).
+    runs = with_baselines({f"{cfg['method']} teacher ({summary['step']} steps)": teacher}, None, cfg,
+                          pixel_protocols=("knn", "lowshot"))
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
     # k-NN is cheap: show it beyond [cls] too ([cls+] of UDI, the mean patch token).
     knn_features = ["cls"] + (["cls+"] if teacher.n_cls >= 2 else []) + ["patch_mean"]

@@ -111,3 +111,15 @@ def test_eval_prints_the_chance_level_beside_each_metric(tmp_path, capsys):
                  "--max-images", "100", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "chance" in err
+
+
+def test_pixel_rows_can_leave_slow_protocols_out():
+    from udi.eval.baselines import pixel_note
+
+    pixels = RawPixels(small_backbone(), center=True, protocols=("knn",))
+    results = run_suite(pixels, "digits", ["knn", "lowshot"], options=OPTIONS)
+    assert set(results) == {"seconds", "chance", "knn"}
+    assert pixel_note(pixels, ["knn", "lowshot", "dense"]).endswith("; lowshot not run for them here (slow on pixels)")
+    assert pixel_note(RawPixels(small_backbone(), center=False), ["knn"]).endswith("are not run for them")
+    with pytest.raises(ValueError, match="raw pixels cannot run \\['dense'\\]"):
+        RawPixels(small_backbone(), center=False, protocols=("knn", "dense"))

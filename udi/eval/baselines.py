@@ -33,15 +33,28 @@ PIXEL_NOTE = ("raw pixels rows: the flattened evaluation image, the same vector 
               "selagg, layers, dense and attnstats need a network and are not run for them")
 
 
+def pixel_note(pixels: RawPixels, protocols: list[str]) -> str:
+    """``PIXEL_NOTE``, naming the protocols of this run (``protocols``) that the pixel rows
+    could run but were told not to (``RawPixels.protocols``)."""
+    skipped = [p for p in protocols if p in PIXEL_PROTOCOLS and p not in pixels.protocols]
+    return PIXEL_NOTE + (f"; {', '.join(skipped)} not run for them here (slow on pixels)" if skipped else "")
+
+
 class RawPixels:
     """Stands in for a backbone in ``udi.eval.suite.run_suite``: its features are the pixels.
 
     It copies the image size and the attributes that choose default features (class tokens,
     depth, pretraining method) from ``like``, so that its columns are the compared backbone's.
+    ``protocols``: those of ``PIXEL_PROTOCOLS`` to run (the probes on 3 * S * S dimensions are
+    the slow ones: richness on 10,000 scenes images takes minutes).
     """
 
-    def __init__(self, like: VisionTransformer, center: bool):
+    def __init__(self, like: VisionTransformer, center: bool, protocols: tuple[str, ...] = PIXEL_PROTOCOLS):
+        unknown = set(protocols) - set(PIXEL_PROTOCOLS)
+        if unknown:
+            raise ValueError(f"raw pixels cannot run {sorted(unknown)} (only {', '.join(PIXEL_PROTOCOLS)})")
         self.center = center
+        self.protocols = tuple(protocols)
         self.img_size = like.img_size
         self.n_cls = like.n_cls
         self.depth = like.depth
@@ -53,8 +66,9 @@ class RawPixels:
         return f"raw-pixels:center={self.center}:size={self.img_size}"
 
 
-def pixel_baselines(like: VisionTransformer) -> dict[str, RawPixels]:
-    return {RAW_PIXELS: RawPixels(like, center=False), RAW_PIXELS_CENTERED: RawPixels(like, center=True)}
+def pixel_baselines(like: VisionTransformer, protocols: tuple[str, ...] = PIXEL_PROTOCOLS) -> dict[str, RawPixels]:
+    """The two raw-pixel rows (as is, and with each image's mean removed)."""
+    return {RAW_PIXELS: RawPixels(like, False, protocols), RAW_PIXELS_CENTERED: RawPixels(like, True, protocols)}
 
 
 def run_config(weights: str | Path) -> dict | None:

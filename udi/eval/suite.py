@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 from sklearn.exceptions import ConvergenceWarning
 
 from udi.data.datasets import BUILTIN_DATASETS, build_dataset
-from udi.eval.baselines import CHANCE, PIXEL_PROTOCOLS, RawPixels, chance_levels, chance_row
+from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
 from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
                                parse_feature)
 from udi.models.vit import VisionTransformer
@@ -187,9 +187,9 @@ def run_suite(
     ``results["chance"]`` holds the chance level of each task (``udi.eval.baselines.chance_levels``)
     when some protocol used the feature banks.
 
-    A :class:`udi.eval.baselines.RawPixels` backbone runs only the feature protocols of
-    ``PIXEL_PROTOCOLS`` (the linear probe on cached features), once on the pixels, reported
-    under every feature name a backbone would have.
+    A :class:`udi.eval.baselines.RawPixels` backbone runs only its ``protocols`` (feature
+    protocols; the linear probe on cached features), once on the pixels, reported under every
+    feature name a backbone would have.
     """
     options = options or SuiteOptions()
     protocols = check_protocols(data, protocols)
@@ -207,7 +207,7 @@ def run_suite(
             raise ValueError(f"feature '{p}' needs a second class token; this backbone has one")
     pixels = isinstance(backbone, RawPixels)
     if pixels:
-        protocols = [p for p in protocols if p in PIXEL_PROTOCOLS]
+        protocols = [p for p in protocols if p in backbone.protocols]
         options = dataclasses.replace(options, linear_augment=False)  # no network to augment through
     train_set, val_set = labelled_splits(data)
     if options.max_images is not None:
