@@ -167,6 +167,11 @@ def cmd_demo(args) -> int:
     knn_features = ["cls"] + (["cls+"] if teacher.n_cls >= 2 else []) + ["patch_mean"]
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
                         _device(cfg["train"]["device"]), options, features={"knn": knn_features})
+    from udi.eval.baselines import verdicts
+
+    console.print("[bold]the trained teacher against its baselines[/bold] (same protocols, same images):")
+    for line in verdicts(rows, next(iter(runs))):
+        console.print(f"  {line}")
     console.print(f"pretraining took {train_time:.0f} s; run directory: {args.out}")
     from udi.viz.report import write_report
 

@@ -123,3 +123,17 @@ def test_pixel_rows_can_leave_slow_protocols_out():
     assert pixel_note(RawPixels(small_backbone(), center=False), ["knn"]).endswith("are not run for them")
     with pytest.raises(ValueError, match="raw pixels cannot run \\['dense'\\]"):
         RawPixels(small_backbone(), center=False, protocols=("knn", "dense"))
+
+
+def test_verdicts_state_every_margin():
+    from udi.eval.baselines import CHANCE, verdicts
+
+    rows = {"teacher": {"knn k20 [cls]": 40.0, "color_acc [cls]": 90.0},
+            RANDOM_INIT: {"knn k20 [cls]": 17.5, "color_acc [cls]": 95.0},
+            RAW_PIXELS: {"knn k20 [cls]": 40.0}, RAW_PIXELS_CENTERED: {"knn k20 [cls]": 45.9},
+            CHANCE: {"knn k20 [cls]": 10.15}}
+    assert verdicts(rows, "teacher") == [
+        "knn k20 [cls]: 40.00, above random init (17.50) by 22.50, equal to raw pixels (40.00), "
+        "below raw pixels (mean removed) (45.90) by 5.90, above chance (10.15) by 29.85",
+        "color_acc [cls]: 90.00, below random init (95.00) by 5.00",
+    ]

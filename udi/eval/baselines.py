@@ -130,3 +130,22 @@ def chance_row(levels: dict[str, float], columns: list[str]) -> dict[str, float]
         elif head.endswith("_acc") and head[:-4] in levels:
             row[column] = levels[head[:-4]]
     return row
+
+
+def verdicts(rows: dict[str, dict[str, float]], model: str) -> list[str]:
+    """One plain sentence per column of ``rows[model]`` that some reference row also has:
+    the model's value against each reference (random init, raw pixels, chance), with the
+    signed margin, so that what beats what is stated, never implied."""
+    references = [name for name in (RANDOM_INIT, RAW_PIXELS, RAW_PIXELS_CENTERED, CHANCE) if name in rows]
+    lines = []
+    for column, value in rows[model].items():
+        parts = []
+        for name in references:
+            other = rows[name].get(column)
+            if other is not None:
+                margin = value - other
+                parts.append(f"{'above' if margin > 0 else 'below' if margin < 0 else 'equal to'} {name} "
+                             f"({other:.2f}){f' by {abs(margin):.2f}' if margin else ''}")
+        if parts:
+            lines.append(f"{column}: {value:.2f}, " + ", ".join(parts))
+    return lines
