@@ -72,3 +72,25 @@ def test_demo_random_init_is_the_runs_initial_weights(tmp_path, capsys):
 def test_errors_are_clear_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_readme_cpu_folder_example_runs(tmp_path, capsys):
+    """The README's first-look command on a user's folder (2 steps here)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    argv = ["pretrain", "--config", "udi_cpu_demo", "--out", str(tmp_path / "cpu"), "data.name=null",
+            f"data.path={folder}", "data.canvas_size=64", "views.global_size=32", "views.local_size=16",
+            "train.eval_every=0", "train.max_steps=2", "train.batch_size=4", "train.progress=false"]
+    assert main(argv) == 0
+    assert last_json(capsys)["step"] == 2
+    # Without train.eval_every=0 the demo config's online k-NN asks for labelled data, by name.
+    with_monitor = [a for a in argv if a != "train.eval_every=0"]
+    with_monitor[with_monitor.index("--out") + 1] = str(tmp_path / "cpu2")
+    assert main(with_monitor) == 2
+    assert "train.eval_data" in "".join(capsys.readouterr().err.split())

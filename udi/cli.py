@@ -159,9 +159,9 @@ def cmd_demo(args) -> int:
     summary = pretrain(cfg, args.out)
     train_time = time.perf_counter() - start
     teacher = load_backbone(args.out)
-    # Pixel rows: k-NN and low-shot only (their richness probes on 3 x 32 x 32 values take minutes).
+    # Pixel rows: k-NN only (low-shot and richness probes on 3 x 32 x 32 values take minutes).
     runs = with_baselines({f"{cfg['method']} teacher ({summary['step']} steps)": teacher}, None, cfg,
-                          pixel_protocols=("knn", "lowshot"))
+                          pixel_protocols=("knn",))
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
     # k-NN is cheap: show it beyond [cls] too ([cls+] of UDI, the mean patch token).
     knn_features = ["cls"] + (["cls+"] if teacher.n_cls >= 2 else []) + ["patch_mean"]
