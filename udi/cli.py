@@ -172,6 +172,7 @@ def cmd_demo(args) -> int:
     console.print("[bold]the trained teacher against its baselines[/bold] (same protocols, same images):")
     for line in verdicts(rows, next(iter(runs))):
         console.print(f"  {line}")
+    console.print("longer training learns more: udi pretrain --config udi_cpu_recipe (BENCHMARKS.md)")
     console.print(f"pretraining took {train_time:.0f} s; run directory: {args.out}")
     from udi.viz.report import write_report
 

@@ -141,13 +141,7 @@ class FeatureCache:
             if cached.get("key") == key:
                 self.banks[split] = (cached["bank"], cached["targets"])
                 return self.banks[split]
-        if isinstance(self.backbone, RawPixels):
-            bank, targets = extract_pixel_bank(
-                self.sets[split], self.backbone.center, self.image_size, self.crop_fraction,
-                batch_size=self.options.batch_size, progress=self.options.progress, description=f"{split} pixels",
-            )
-        else:
-            bank, targets = self._extract(split)
+        bank, targets = self._extract(split)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": key, "bank": bank, "targets": targets}, path)
@@ -155,6 +149,12 @@ class FeatureCache:
         return self.banks[split]
 
     def _extract(self, split: str) -> tuple[dict, dict]:
+        """One pass over ``split``: the backbone's features, or the pixels of a raw-pixel baseline."""
+        if isinstance(self.backbone, RawPixels):
+            return extract_pixel_bank(
+                self.sets[split], self.backbone.center, self.image_size, self.crop_fraction,
+                batch_size=self.options.batch_size, progress=self.options.progress, description=f"{split} pixels",
+            )
         return extract_bank(
             self.backbone, self.sets[split], features=self.plan["features"], blocks=self.plan["blocks"],
             tokens=self.plan["tokens"], image_size=self.image_size, crop_fraction=self.crop_fraction,
