@@ -33,7 +33,11 @@ def test_pretrain_then_eval_knn(tmp_path, capsys):
 
 def test_demo_compares_with_random_init(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--protocols", "knn", *DIGITS, "train.max_steps=2"]) == 0
-    result = last_json(capsys)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    printed = " ".join((captured.out + captured.err).split())  # rich wraps long lines
+    # Each verdict names its feature (rich must not read "[cls]" as markup and drop it).
+    assert "knn k20 [cls]: " in printed and "knn k20 [patch_mean]: " in printed
     assert "random init" in result and any(k.startswith("udi teacher") for k in result)
     assert "knn k20 [cls]" in result["random init"]
     assert "knn k20 [cls+]" in result["random init"] and "knn k20 [patch_mean]" in result["random init"]
@@ -67,6 +71,8 @@ def test_demo_random_init_is_the_runs_initial_weights(tmp_path, capsys):
         (["pretrain", "--out", "x", "data.name=scenes", "train.batch_sise=3"], "unknown config key 'train.batch_sise'"),
         (["eval", "knn", "--weights", "/no/such/file.safetensors", "--data", "digits"], "weights not found"),
         (["eval", "--protocols", "linear_plus", "--weights", str(__file__), "--data", "digits"], "linear_plus"),
+        # Brackets in a message are text, not markup.
+        (["pretrain", "--out", "x", "data.name=scenes", "bootleg.target_scale=[0.5,0.2]"], "must be [low, high]"),
     ],
 )
 def test_errors_are_clear_and_exit_2(argv, message, capsys):

@@ -61,3 +61,9 @@ def test_every_shipped_config_loads():
 def test_resolve_unknown_config_lists_shipped():
     with pytest.raises(ConfigError, match="udi_cpu_demo"):
         resolve_config_path("nonexistent_config")
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "high", True])
+def test_teacher_momentum_end_must_be_a_number_in_unit_interval(value):
+    with pytest.raises(ConfigError, match="optim.momentum_teacher_end"):
+        load_config(None, ["data.name=scenes", f"optim.momentum_teacher_end={value}"])

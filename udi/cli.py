@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from udi.config import ConfigError, load_config, resolve_config_path
 
@@ -155,7 +156,7 @@ def cmd_demo(args) -> int:
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     start = time.perf_counter()
     console.print(f"[bold]udi demo[/bold]: {cfg['method']} pretraining of {cfg['model']['arch']} on "
-                  f"'{cfg['data']['name']}' into {args.out}")
+                  f"'{cfg['data']['name']}' into {escape(str(args.out))}")
     summary = pretrain(cfg, args.out)
     train_time = time.perf_counter() - start
     teacher = load_backbone(args.out)
@@ -171,13 +172,13 @@ def cmd_demo(args) -> int:
 
     console.print("[bold]the trained teacher against its baselines[/bold] (same protocols, same images):")
     for line in verdicts(rows, next(iter(runs))):
-        console.print(f"  {line}")
+        console.print(f"  {escape(line)}")
     console.print("longer training learns more: udi pretrain --config udi_cpu_recipe (BENCHMARKS.md)")
-    console.print(f"pretraining took {train_time:.0f} s; run directory: {args.out}")
+    console.print(f"pretraining took {train_time:.0f} s; run directory: {escape(str(args.out))}")
     from udi.viz.report import write_report
 
     report = write_report(args.out, device=_device(cfg["train"]["device"]))
-    console.print(f"report (curves, evaluation, attention maps, patch PCA): [bold]{report}[/bold]")
+    console.print(f"report (curves, evaluation, attention maps, patch PCA): [bold]{escape(str(report))}[/bold]")
     print(json.dumps({"train_seconds": round(train_time, 1), **rows, "report": str(report)}))
     return 0
 
@@ -209,11 +210,11 @@ def cmd_viz_attention(args) -> int:
     check_sources(args.image)  # before the (possibly slow) weights
     backbone, srs = _load_for_viz(args, with_srs=True)
     if srs is None:
-        console.print(f"[yellow]note:[/yellow] no SRS module in {args.weights} (only UDI runs have one, saved in "
+        console.print(f"[yellow]note:[/yellow] no SRS module in {escape(str(args.weights))} (only UDI runs have one, saved in "
                       "their checkpoint.pt: give the run directory or that file): SRS rows skipped")
     views = load_views(args.image, _input_size(args, backbone))
     paths = write_attention_grids(backbone, srs, views, args.out, num_points=args.points, seed=args.seed)
-    console.print(f"attention maps: {', '.join(map(str, paths))}")
+    console.print(f"attention maps: {escape(', '.join(map(str, paths)))}")
     print(json.dumps({"images": [str(p) for p in paths], "srs": srs is not None}))
     return 0
 
@@ -228,7 +229,7 @@ def cmd_viz_pca(args) -> int:
     views = load_views(args.images, _input_size(args, backbone))
     fig = patch_pca_figure(backbone, views, threshold=None if args.no_mask else args.threshold)
     path = save_figure(fig, Path(args.out) / "pca.png")
-    console.print(f"patch PCA: {path}")
+    console.print(f"patch PCA: {escape(str(path))}")
     print(json.dumps({"image": str(path)}))
     return 0
 
@@ -237,7 +238,7 @@ def cmd_viz_curves(args) -> int:
     from udi.viz.curves import write_curves
 
     path = write_curves(args.run_dir, args.out)
-    console.print(f"training curves: {path}")
+    console.print(f"training curves: {escape(str(path))}")
     print(json.dumps({"image": str(path)}))
     return 0
 
@@ -255,7 +256,7 @@ def cmd_embed(args) -> int:
         num_workers=default_num_workers(args.data) if args.num_workers is None else args.num_workers,
         dtype=args.dtype, progress=not args.no_progress,
     )
-    console.print(f"{result.shape[0]} images -> {result.array} {result.shape}; image list: {result.items}")
+    console.print(escape(f"{result.shape[0]} images -> {result.array} {result.shape}; image list: {result.items}"))
     print(json.dumps({"array": str(result.array), "items": str(result.items), "shape": list(result.shape),
                       "seconds": result.seconds}))
     return 0
@@ -273,12 +274,12 @@ def cmd_report(args) -> int:
         if data is None:
             raise ValueError(f"--eval: no data set to evaluate on (give --data; {run}/config.yaml names none)")
         protocols = check_protocols(data, args.eval.split(","))
-        console.print(f"no evaluation results in {run}: running {', '.join(protocols)} on '{data}' into {run / 'eval'}")
+        console.print(escape(f"no evaluation results in {run}: running {', '.join(protocols)} on '{data}' into {run / 'eval'}"))
         evaluate(load_backbone(run), run.name, data, protocols, None, run / "eval", _device(args.device),
                  SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1))
     path = write_report(run, args.out, data=args.data, image_size=args.image_size, device=_device(args.device),
                         num_points=args.points)
-    console.print(f"report: [bold]{path}[/bold]")
+    console.print(f"report: [bold]{escape(str(path))}[/bold]")
     print(json.dumps({"report": str(path)}))
     return 0
 
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
 
 

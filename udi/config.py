@@ -106,6 +106,9 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.04,
         "weight_decay_end": 0.1,
         "momentum_teacher": 0.996,
+        # EMA momentum at the last step (cosine from momentum_teacher; DINO: 1). Below 1 keeps a short
+        # run's teacher moving to the end instead of freezing it for its last fifth.
+        "momentum_teacher_end": 1.0,
         "clip_grad": 3.0,
         "freeze_last_layer": 1,  # epochs
     },
@@ -248,6 +251,10 @@ def validate(cfg: dict) -> None:
     koleo = cfg["loss"]["koleo_weight"]
     if not isinstance(koleo, (int, float)) or isinstance(koleo, bool) or koleo < 0:
         raise ConfigError(f"'loss.koleo_weight' must be a number >= 0; got {koleo!r}")
+    for key in ("momentum_teacher", "momentum_teacher_end"):
+        value = cfg["optim"][key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ConfigError(f"'optim.{key}' must be a number in [0, 1]; got {value!r}")
     max_steps = cfg["train"]["max_steps"]
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise ConfigError(f"'train.max_steps' must be a positive integer or null; got {max_steps!r}")

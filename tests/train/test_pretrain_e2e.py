@@ -176,3 +176,11 @@ def test_mixed_precision_runs(tmp_path, tiny_cfg, precision):
     summary = trainer.run()
     assert summary["step"] == 2 and all(math.isfinite(summary[k]) for k in ("loss", "cls", "cls_plus", "patch"))
     assert trainer.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_teacher_momentum_follows_a_cosine_to_its_end_value(tmp_path, tiny_cfg):
+    # 12 steps (96 images / 8); the log holds the momentum used at steps 0..11 of 12.
+    pretrain(tiny_cfg("train.epochs=1", "optim.momentum_teacher=0.9", "optim.momentum_teacher_end=0.95"), tmp_path)
+    momenta = [r["momentum"] for r in read_log(tmp_path)]
+    expected = [0.95 - 0.025 * (1 + math.cos(math.pi * s / 12)) for s in range(12)]
+    assert momenta == pytest.approx(expected, abs=1e-9)

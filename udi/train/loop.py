@@ -170,7 +170,8 @@ class Trainer:
         values = {
             "lr": schedules.cosine_schedule(self.step, self.total_steps, self.base_lr, optim["min_lr"], warmup),
             "wd": schedules.cosine_schedule(self.step, self.total_steps, optim["weight_decay"], optim["weight_decay_end"]),
-            "momentum": schedules.cosine_schedule(self.step, self.total_steps, optim["momentum_teacher"], 1.0),
+            "momentum": schedules.cosine_schedule(self.step, self.total_steps, optim["momentum_teacher"],
+                                                   optim["momentum_teacher_end"]),
         }
         values.update(self.method.schedules(epoch))  # e.g. the teacher temperature
         return values
