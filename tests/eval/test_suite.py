@@ -1,12 +1,14 @@
 """`udi eval` end to end on a tiny checkpoint: every protocol, cached features, outputs."""
 
 import json
+import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 from udi.cli import main
-from udi.eval.suite import SuiteOptions, run_suite, summarize
+from udi.eval.suite import SuiteOptions, labelled_splits, run_suite, summarize
 from udi.models.vit import build_vit
 from udi.io.checkpoint import export_backbone
 
@@ -103,3 +105,45 @@ def test_compare_table_transposes_when_too_wide():
     assert "metric 11" in text and "11.00*" in text  # metrics as rows, best still marked
     wide = compare_table(rows, width=1000)
     assert [c.header for c in wide.columns][:2] == ["model", "metric 0"]
+
+
+def _colour_folders(root, layout):
+    """``layout``: split -> class names; every image of class c is a solid colour of its own."""
+    from PIL import Image
+
+    colours = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255)}
+    for split, classes in layout.items():
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (16, 16), colours[name]).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ({"train": "abc", "val": "ac"}, 100.0),  # before: val c took train b's label (50 %)
+    ({"train": "ac", "val": "abc"}, 200 / 3),  # b has no train image: its val images are errors (before: 33.33 %)
+])
+def test_folder_splits_share_one_class_list(tmp_path, layout, expected):
+    from udi.eval.baselines import RawPixels
+
+    root = _colour_folders(tmp_path, layout)
+    with pytest.warns(UserWarning, match="b have no train images") if layout["val"] == "abc" else nullcontext():
+        train_set, val_set = labelled_splits(str(root))
+    assert train_set.classes == val_set.classes == sorted(set(layout["train"]) | set(layout["val"]))
+    pixels = RawPixels(build_vit("vit_nano", patch_size=4, img_size=16, depth=1), center=False)
+    options = SuiteOptions(progress=False, knn_k=(3,), image_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = run_suite(pixels, str(root), ["knn"], options=options)
+    assert results["knn"]["cls"]["knn_top1_k3"] == pytest.approx(expected)
+
+
+def test_folder_evaluation_needs_labels(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "x.png")
+    with pytest.raises(ValueError, match="no class subfolders"):
+        labelled_splits(str(tmp_path))

@@ -103,14 +103,19 @@ def load_image(path: str | Path, canvas_size: int) -> tuple[torch.Tensor, float]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), w / h
 
 
+def folder_classes(root: str | Path) -> list[str]:
+    """The (non-hidden) subfolders of ``root``, sorted by name: the classes of an ImageFolder layout."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
 class ImageFolderDataset(Dataset):
     """Images under a folder, decoded with PIL onto a square canvas.
 
     Layout: if ``root`` holds no image directly and every image sits exactly
     one folder below it (``root/<class>/<file>``), it is an ImageFolder
-    layout: ``classes`` lists the (non-hidden) subfolders sorted by name and
-    labels index it. Otherwise (flat or deeper folders) images are unlabeled
-    (label -1, ``classes`` empty). Files are found recursively by extension
+    layout: ``classes`` lists the (non-hidden) subfolders sorted by name (or is the
+    given ``classes``, a superset shared with another split) and labels index it.
+    Otherwise (flat or deeper folders) images are unlabeled (label -1, ``classes`` empty). Files are found recursively by extension
     (case-insensitive, see ``IMAGE_EXTENSIONS``), sorted by path.
 
     Items: see the module docstring; ``image`` is (3, canvas_size, canvas_size).
@@ -122,7 +127,7 @@ class ImageFolderDataset(Dataset):
     workers and processes and stops when more than ``data.max_fail_fraction`` fail.
     """
 
-    def __init__(self, root: str | Path, canvas_size: int = 256):
+    def __init__(self, root: str | Path, canvas_size: int = 256, classes: list[str] | None = None):
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
@@ -139,9 +144,12 @@ class ImageFolderDataset(Dataset):
 
         relative = [p.relative_to(self.root) for p in paths]
         if all(len(r.parts) == 2 for r in relative):
-            self.classes = sorted(
-                e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
-            )
+            own = folder_classes(self.root)
+            if classes is not None:  # labels index a list shared with another split (by name)
+                missing = sorted(set(own) - set(classes))
+                if missing:
+                    raise ValueError(f"{self.root}: class folder(s) {', '.join(missing)} are not in the given class list")
+            self.classes = list(classes) if classes is not None else own
             class_index = {c: i for i, c in enumerate(self.classes)}
             labels = [class_index[r.parts[0]] for r in relative]
         else:

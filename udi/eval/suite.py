@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Subset
 from sklearn.exceptions import ConvergenceWarning
 
-from udi.data.datasets import BUILTIN_DATASETS, build_dataset
+from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, folder_classes
 from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
 from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
                                parse_feature)
@@ -60,8 +60,31 @@ def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size:
                 f"evaluation data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
                 "nor a folder with train/ and val/ subfolders"
             )
-        kwargs = {"path": str(root), "canvas_size": canvas_size}
+        return labelled_folder_splits(root, canvas_size)
     return build_dataset(split="train", **kwargs), build_dataset(split="val", **kwargs)
+
+
+def labelled_folder_splits(root: Path, canvas_size: int) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """``root/train`` and ``root/val`` with one class list for both: the union of their class
+    folders by name, so that a label means the same class in both splits. A val class that
+    train lacks keeps its own label, which no train image has: its images count as errors."""
+    splits = {name: root / name for name in ("train", "val")}
+    for name, folder in splits.items():
+        if not folder_classes(folder):
+            raise ValueError(f"{folder} has no class subfolders: evaluation needs labelled images "
+                             f"({folder}/<class>/<image>)")
+    train_classes, val_classes = folder_classes(splits["train"]), folder_classes(splits["val"])
+    classes = sorted(set(train_classes) | set(val_classes))
+    unseen = sorted(set(val_classes) - set(train_classes))
+    if unseen:
+        warnings.warn(f"{splits['val']}: class(es) {', '.join(unseen)} have no train images in {splits['train']}; "
+                      "their val images count as errors")
+    train_set, val_set = (ImageFolderDataset(folder, canvas_size, classes=classes) for folder in splits.values())
+    for dataset in (train_set, val_set):
+        if not dataset.classes:  # images outside <class>/ folders: an unlabeled layout
+            raise ValueError(f"{dataset.root} is not one folder per class ({dataset.root}/<class>/<image>): "
+                             "evaluation needs labelled images")
+    return train_set, val_set
 
 
 def supported_protocols(data: str) -> list[str]:
