@@ -38,6 +38,54 @@ def test_dino_training_checkpoint(tmp_path):
     assert torch.equal(loaded.forward_features(x), model.forward_features(x))
 
 
+class MultiCropWrapper(torch.nn.Module):
+    """DINO's utils.MultiCropWrapper: the attributes that name its state dict."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+
+def main_dino_checkpoint(model):
+    """What DINO's main_dino.py writes (its save_dict): the DDP student, the teacher, the
+    optimizer, the epoch, ``args`` (an argparse.Namespace) and the loss's state (center)."""
+    import argparse
+
+    from udi.models.heads import DINOHead
+
+    teacher = MultiCropWrapper(model, DINOHead(128, 256, hidden_dim=64, bottleneck_dim=32))
+    student = torch.nn.Module()
+    student.module = MultiCropWrapper(reference_vit(), DINOHead(128, 256, hidden_dim=64, bottleneck_dim=32))
+    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4)
+    loss = torch.nn.Module()
+    loss.register_buffer("center", torch.zeros(1, 256))
+    args = argparse.Namespace(arch="vit_small", patch_size=8, out_dim=256, norm_last_layer=True, lr=0.0005,
+                              data_path="/path/to/imagenet/train", output_dir=".", local_crops_scale=(0.05, 0.4),
+                              gpu=0, rank=0, world_size=1, dist_url="env://", seed=0, use_fp16=True)
+    return {"student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": 3, "args": args, "dino_loss": loss.state_dict()}
+
+
+def test_checkpoint_written_by_main_dino_loads(tmp_path):
+    model = reference_vit()
+    torch.save(main_dino_checkpoint(model), tmp_path / "checkpoint.pth")
+    loaded = load_backbone(tmp_path / "checkpoint.pth")  # before: "Unsupported global: argparse.Namespace"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded.forward_features(x), model.forward_features(x))
+
+
+class NotAllowed:
+    pass
+
+
+def test_only_namespace_is_allowed_beyond_plain_data(tmp_path):
+    import argparse
+
+    torch.save({"teacher": {}, "args": argparse.Namespace(hook=NotAllowed())}, tmp_path / "checkpoint.pth")
+    with pytest.raises(ValueError, match="NotAllowed"):
+        load_backbone(tmp_path / "checkpoint.pth")
+
+
 def test_dino_backbone_only_file(tmp_path):
     model = reference_vit()
     torch.save(model.state_dict(), tmp_path / "dino_vits8_pretrain.pth")

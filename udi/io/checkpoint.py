@@ -2,11 +2,13 @@
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then
 renamed over the old one: a crash at any moment leaves either the old or the new file,
-never a torn one. Loading uses ``torch.load(weights_only=True)``: no arbitrary unpickling.
+never a torn one. Loading uses ``torch.load(weights_only=True)``: no arbitrary unpickling
+(tensors, plain containers and ``argparse.Namespace``, which DINO's checkpoints hold).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -50,9 +52,15 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+# Types a checkpoint may hold beyond tensors and plain containers. DINO's main_dino.py stores its
+# command-line ``args`` (an argparse.Namespace, a plain attribute bag) in every checkpoint.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a foreign or damaged file: say which
         raise ValueError(f"cannot load checkpoint {path}: {error}") from error
 
