@@ -27,6 +27,8 @@ def test_pretrain_then_eval_knn(tmp_path, capsys):
     assert all(0 <= v <= 100 for v in metrics.values())
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == results
     assert "knn k20 [cls]" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert "images (train / val): knn 1438 / 359" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert results["images"] == {"knn": {"train": 1438, "val": 359}}
     assert main(["eval", "--protocols", "knn", "--weights", str(run), "--data", "digits", "--features", "cls_cat"]) == 0
     assert set(last_json(capsys)["knn"]["cls_cat"]) == set(metrics)
 

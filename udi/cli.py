@@ -49,7 +49,7 @@ def _protocol_list(args) -> list[str] | None:
 
 def evaluate(backbone, name: str, data: str, protocols, features, out: Path | None, device, options) -> dict:
     """Run the suite on one backbone, print its table, write ``metrics.json`` and ``metrics.md`` in ``out``."""
-    from udi.eval.suite import run_suite, summarize
+    from udi.eval.suite import images_note, run_suite, summarize
     from udi.eval.tables import markdown_table, metric_table
 
     from udi.eval.baselines import chance_row
@@ -58,10 +58,11 @@ def evaluate(backbone, name: str, data: str, protocols, features, out: Path | No
     row = summarize(results)
     chance = chance_row(results["chance"], list(row)) if "chance" in results else None
     console.print(metric_table(row, f"{name} on {data}", chance))
+    console.print(escape(images_note(results)))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        (out / "metrics.md").write_text(markdown_table({name: row}))
+        (out / "metrics.md").write_text(markdown_table({name: row}) + f"\n{images_note(results)}\n")
     return results
 
 
@@ -106,7 +107,7 @@ def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, opt
     protocols; one row each, then the chance row. features: as in ``run_suite`` (None: each
     protocol's default)."""
     from udi.eval.baselines import CHANCE, RawPixels, pixel_note
-    from udi.eval.suite import check_protocols, comparison_rows, run_suite
+    from udi.eval.suite import check_protocols, comparison_rows, images_note, run_suite
     from udi.eval.tables import compare_table, markdown_table
 
     results = {}
@@ -118,9 +119,11 @@ def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, opt
     pixels = [b for b in runs.values() if isinstance(b, RawPixels)]
     if pixels:
         console.print(pixel_note(pixels[0], check_protocols(data, protocols)))
+    first = next(iter(results.values()))  # every row used the same images
+    console.print(escape(images_note(first)))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(markdown_table(rows))
+        (out / "compare.md").write_text(markdown_table(rows) + f"\n{images_note(first)}\n")
         (out / "compare.json").write_text(json.dumps(results, indent=2))
     return {name: row for name, row in rows.items() if name != CHANCE}  # the models
 

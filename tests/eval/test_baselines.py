@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import Subset
 
 from udi.cli import main
 from udi.config import load_config
@@ -11,6 +10,7 @@ from udi.eval.baselines import (RAW_PIXELS, RAW_PIXELS_CENTERED, RANDOM_INIT, Ra
                                 pixel_baselines, random_init)
 from udi.eval.features import eval_crops
 from udi.eval.knn import knn_accuracy
+from udi.eval.subsets import stratified_subset
 from udi.eval.suite import SuiteOptions, labelled_splits, run_suite
 from udi.io.checkpoint import export_backbone
 from udi.models.vit import build_vit
@@ -40,7 +40,7 @@ def pixels_by_hand(dataset, center):
 def test_raw_pixels_equal_knn_on_the_pixels(center):
     pixels = RawPixels(small_backbone(), center=center)
     results = run_suite(pixels, "digits", ["knn"], options=OPTIONS)
-    train_set, val_set = (Subset(s, range(120)) for s in labelled_splits("digits"))
+    train_set, val_set = (stratified_subset(s, 120) for s in labelled_splits("digits"))
     (train_x, train_y), (val_x, val_y) = pixels_by_hand(train_set, center), pixels_by_hand(val_set, center)
     expected = knn_accuracy(train_x, train_y, val_x, val_y, OPTIONS.knn_k, OPTIONS.knn_temperature)
     assert results["knn"] == {"cls": expected}
@@ -50,7 +50,7 @@ def test_raw_pixels_fill_every_feature_column_and_skip_network_protocols():
     pixels = RawPixels(small_backbone(n_cls=2), center=False)
     results = run_suite(pixels, "digits", ["knn", "linear", "layers", "attnstats"],
                         {"knn": ["cls", "cls+", "patch_mean"]}, options=OPTIONS)
-    assert set(results) == {"seconds", "chance", "knn", "linear"}  # no network: no layers, no attention
+    assert set(results) == {"seconds", "images", "chance", "knn", "linear"}  # no network: no layers, no attention
     assert results["knn"]["cls"] == results["knn"]["cls+"] == results["knn"]["patch_mean"]
     assert set(results["linear"]) == {"last2"} and results["linear"]["last2"]["augmented"] is False
     assert set(pixel_baselines(small_backbone())) == {RAW_PIXELS, RAW_PIXELS_CENTERED}
@@ -118,7 +118,7 @@ def test_pixel_rows_can_leave_slow_protocols_out():
 
     pixels = RawPixels(small_backbone(), center=True, protocols=("knn",))
     results = run_suite(pixels, "digits", ["knn", "lowshot"], options=OPTIONS)
-    assert set(results) == {"seconds", "chance", "knn"}
+    assert set(results) == {"seconds", "images", "chance", "knn"}
     assert pixel_note(pixels, ["knn", "lowshot", "dense"]).endswith("; lowshot not run for them here (slow on pixels)")
     assert pixel_note(RawPixels(small_backbone(), center=False), ["knn"]).endswith("are not run for them")
     with pytest.raises(ValueError, match="raw pixels cannot run \\['dense'\\]"):

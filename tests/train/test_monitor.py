@@ -8,7 +8,7 @@ from udi.config import ConfigError, load_config
 from udi.eval.suite import SuiteOptions, run_suite, summarize
 from udi.models.vit import build_vit
 from udi.train.loop import pretrain
-from udi.train.monitor import KnnMonitor, fixed_subset
+from udi.train.monitor import KnnMonitor
 
 from .conftest import TINY
 
@@ -46,13 +46,6 @@ def test_equals_the_suites_knn_on_the_same_images(tiny_cfg):
                                    options=SuiteOptions(progress=False)))
     got = monitor(backbone)
     assert got == {"knn_cls": expected["knn k20 [cls]"], "knn_patch_mean": expected["knn k20 [patch_mean]"]}
-
-
-def test_fixed_subset_is_seeded_and_sorted():
-    data = list(range(50))
-    a, b = fixed_subset(data, 10), fixed_subset(data, 10)
-    assert list(a) == list(b) == sorted(a) and len(set(a)) == 10 and list(a) != list(range(10))
-    assert fixed_subset(data, 80) is data
 
 
 def test_a_folder_run_must_name_its_eval_data(tmp_path):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from udi.data.augment import center_box, crop_resize, normalize
 from udi.models.vit import VisionTransformer
@@ -73,10 +73,9 @@ def extract_bank(
     num_workers: int = 0,
     progress: bool = True,
     description: str = "features",
-    max_images: int | None = None,
-    max_token_images: int | None = None,
+    token_rows: Sequence[int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One pass of the frozen backbone over ``dataset`` (the first ``max_images`` items).
+    """One pass of the frozen backbone over ``dataset``.
 
     Returns ``(bank, targets)``:
     - bank[kind] (n, dim) float32 for each of ``features`` (see ``select_features``; ``lastN``:
@@ -84,28 +83,30 @@ def extract_bank(
     - with ``blocks``: bank["block{i}_cls"], bank["block{i}_patch_mean"] (n, D), normed, every block;
     - bank["tokens"] (n, N, D) float16 patch tokens after the final norm, and/or
       bank["tokens_prenorm"] (n, N, D) float16 of the last block before it, if asked in ``tokens``;
-      (patch tokens only for the first ``max_token_images`` images: they are large);
+      (they are large: with ``token_rows``, only for the items at those positions, in increasing
+      order, and bank["token_rows"] (n_tok,) int64 says which rows of the other entries they are);
     - targets: every key of ``TARGET_KEYS`` the items carry, stacked (``label`` always).
     """
     for kind in features:
         parse_feature(kind)
     backbone = backbone.to(device).eval()
-    if max_images is not None and max_images < len(dataset):
-        dataset = Subset(dataset, range(max_images))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     n_cls, depth = backbone.n_cls, backbone.depth
     bank: dict[str, list[torch.Tensor]] = {}
     targets: dict[str, list[torch.Tensor]] = {}
 
     seen = 0
+    keep = None if token_rows is None else torch.zeros(len(dataset), dtype=torch.bool)
+    if keep is not None:
+        keep[torch.as_tensor(list(token_rows), dtype=torch.long)] = True
 
     def add(name: str, value: torch.Tensor, dtype=torch.float32) -> None:
         bank.setdefault(name, []).append(value.to("cpu", dtype))
 
     def add_tokens(name: str, value: torch.Tensor) -> None:
-        room = len(value) if max_token_images is None else max(0, max_token_images - seen)
-        if room:
-            add(name, value[:room], torch.float16)
+        if keep is not None:
+            value = value[keep[seen:seen + len(value)].to(value.device)]
+        add(name, value, torch.float16)
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(dataset))
@@ -132,7 +133,10 @@ def extract_bank(
             _collate_targets(batch, targets)
             seen += len(images)
             bar.advance(task, len(images))
-    return {k: torch.cat(v) for k, v in bank.items()}, {k: torch.cat(v) for k, v in targets.items()}
+    out = {k: torch.cat(v) for k, v in bank.items()}
+    if keep is not None and tokens:
+        out["token_rows"] = torch.nonzero(keep).flatten()
+    return out, {k: torch.cat(v) for k, v in targets.items()}
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from udi.data.augment import center_box, crop_resize, normalize
 from udi.data.scenes import SHAPES
@@ -22,6 +22,7 @@ from udi.eval.linear import LinearConfig, train_linear_augmented, train_linear_o
 from udi.eval.lowshot import lowshot_eval
 from udi.eval.richness import RICHNESS_TARGETS, richness_eval
 from udi.eval.selagg import SelAggConfig, train_selective_aggregation
+from udi.eval.subsets import stratified_subset
 
 
 def _num_classes(cache) -> int:
@@ -73,19 +74,24 @@ def run_lowshot(cache, features, options, **_) -> dict:
                             seed=options.seed, progress=options.progress) for f in features}
 
 
+def _token_rows(bank: dict, key: str) -> torch.Tensor:
+    """Rows of the bank whose patch tokens ``bank[key]`` holds (all, unless a cap chose some)."""
+    return bank.get("token_rows", torch.arange(len(bank[key])))
+
+
 def run_selagg(cache, options, device, **_) -> dict:
     """Selective Aggregation on the last block's patch tokens, next to a linear probe on [cls]
     trained the same way (cached features, same epochs), so the gain is visible."""
     (train, train_t), (val, val_t) = cache.get("train"), cache.get("val")
     classes = _num_classes(cache)
-    tokens = train["tokens_prenorm"]
-    labels = train_t["label"][: len(tokens)]
+    tokens, rows = train["tokens_prenorm"], _token_rows(train, "tokens_prenorm")
+    labels = train_t["label"][rows]
     result = train_selective_aggregation(
         tokens, labels, val["tokens_prenorm"], val_t["label"], classes,
         SelAggConfig(epochs=options.selagg_epochs, seed=options.seed), device=device, progress=options.progress,
     )
     reference = train_linear_on_features(
-        train["cls"][: len(tokens)], labels, val["cls"], val_t["label"], classes,
+        train["cls"][rows], labels, val["cls"], val_t["label"], classes,
         LinearConfig(epochs=options.selagg_epochs, seed=options.seed), device=device, progress=options.progress,
     )
     result["linear_cls_top1_best"] = reference["linear_top1_best"]
@@ -104,7 +110,7 @@ def run_dense(cache, options, device, **_) -> dict:
     (train, train_t), (val, val_t) = cache.get("train"), cache.get("val")
     tokens = train["tokens"]
     return dense_probe(
-        tokens, train_t["mask"][: len(tokens)], val["tokens"], val_t["mask"], num_classes=len(SHAPES) + 1,
+        tokens, train_t["mask"][_token_rows(train, "tokens")], val["tokens"], val_t["mask"], num_classes=len(SHAPES) + 1,
         cfg=DenseConfig(epochs=options.dense_epochs, seed=options.seed), device=device, progress=options.progress,
         class_names=["background", *SHAPES],
     )
@@ -118,9 +124,9 @@ def run_richness(cache, features, options, **_) -> dict:
 
 
 def run_attnstats(cache, options, device, out_dir=None, **_) -> dict:
-    """Statistics over the first ``options.attn_images`` val images; JSON and plots in ``out_dir``."""
-    dataset = cache.sets["val"]
-    subset = Subset(dataset, range(min(options.attn_images, len(dataset))))
+    """Statistics over ``options.attn_images`` val images (class-stratified, ``options.seed``);
+    JSON and plots in ``out_dir``."""
+    subset = stratified_subset(cache.sets["val"], options.attn_images, options.seed)
     loader = DataLoader(subset, batch_size=min(options.batch_size, 128))
 
     def images():

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 from sklearn.exceptions import ConvergenceWarning
 
 from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, folder_classes
 from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
 from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
                                parse_feature)
+from udi.eval.subsets import dataset_labels, stratified_indices, stratified_subset
 from udi.models.vit import VisionTransformer
 
 PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
@@ -46,7 +46,7 @@ class SuiteOptions:
     attn_images: int = 512
     seed: int = 0
     progress: bool = True
-    max_images: int | None = None  # use only the first N images of each split (quick looks, tests)
+    max_images: int | None = None  # use N images of each split, class-stratified (quick looks, tests)
 
 
 def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size: int = 32, seed: int = 0):
@@ -183,8 +183,16 @@ class FeatureCache:
             tokens=self.plan["tokens"], image_size=self.image_size, crop_fraction=self.crop_fraction,
             batch_size=self.options.batch_size, device=self.device, progress=self.options.progress,
             description=f"{split} features",
-            max_token_images=self.options.max_token_images if split == "train" else None,
+            token_rows=self._token_rows() if split == "train" else None,
         )
+
+
+    def _token_rows(self) -> list[int] | None:
+        """Train items whose patch tokens are kept: ``max_token_images`` of them, class-stratified."""
+        train, cap = self.sets["train"], self.options.max_token_images
+        if not self.plan["tokens"] or cap is None or cap >= len(train):
+            return None
+        return stratified_indices(dataset_labels(train), cap, self.options.seed).tolist()
 
 
 def _plan(protocols: list[str], features: dict[str, list[str]]) -> dict:
@@ -203,7 +211,8 @@ def run_suite(
     options: SuiteOptions | None = None,
 ) -> dict:
     """Run ``protocols`` (default: all that ``data`` supports) and return the nested results,
-    with ``results["seconds"]`` the time each protocol took (feature extraction included).
+    with ``results["seconds"]`` the time each protocol took (feature extraction included) and
+    ``results["images"]`` the train and val images it used (``{"knn": {"train": n, "val": m}}``).
 
     ``features`` replaces the default feature choice of knn, linear, lowshot and richness: a
     list for all four, or a dict protocol -> list for some of them (the others keep theirs).
@@ -233,12 +242,11 @@ def run_suite(
         protocols = [p for p in protocols if p in backbone.protocols]
         options = dataclasses.replace(options, linear_augment=False)  # no network to augment through
     train_set, val_set = labelled_splits(data)
-    if options.max_images is not None:
-        train_set, val_set = (Subset(s, range(min(options.max_images, len(s)))) for s in (train_set, val_set))
+    train_set, val_set = (stratified_subset(s, options.max_images, options.seed) for s in (train_set, val_set))
     cache = FeatureCache(backbone, data, train_set, val_set, _plan(protocols, chosen), options, device, out_dir)
     from udi.eval import runners
 
-    results: dict = {"seconds": {}}
+    results: dict = {"seconds": {}, "images": {}}
     for protocol in protocols:
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -251,9 +259,27 @@ def run_suite(
         if pixels:  # one result, shown under each feature name of the compared backbone
             results[protocol] = {f: results[protocol]["pixels"] for f in chosen[protocol]}
         results["seconds"][protocol] = round(time.perf_counter() - start, 1)
+        results["images"][protocol] = _images_used(protocol, cache, options)
     if {"train", "val"} <= set(cache.banks):  # not worth a feature pass of its own (attnstats alone)
         results["chance"] = chance_levels(cache.banks["train"][1], cache.banks["val"][1])
     return results
+
+
+def _images_used(protocol: str, cache: FeatureCache, options: SuiteOptions) -> dict[str, int]:
+    """How many train and val images ``protocol`` used (the token protocols keep a subset of train)."""
+    n_train, n_val = len(cache.sets["train"]), len(cache.sets["val"])
+    if protocol == "attnstats":
+        return {"train": 0, "val": min(options.attn_images, n_val)}
+    if protocol in ("selagg", "dense") and "train" in cache.banks:
+        rows = cache.banks["train"][0].get("token_rows")
+        return {"train": n_train if rows is None else len(rows), "val": n_val}
+    return {"train": n_train, "val": n_val}
+
+
+def images_note(results: dict) -> str:
+    """``images (train / val): knn 10000 / 2000, selagg 5000 / 2000``, one entry per protocol."""
+    used = results.get("images", {})
+    return "images (train / val): " + ", ".join(f"{p} {n['train']} / {n['val']}" for p, n in used.items())
 
 
 def summarize(results: dict) -> dict[str, float]:

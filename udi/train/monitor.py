@@ -8,17 +8,18 @@ keys of ``log.jsonl`` (``knn_cls``, ``knn_cls_plus`` where there is a second cla
 
 Data: ``train.eval_data`` (a built-in name, or a folder with ``train/`` and ``val/`` class
 subfolders), else the run's built-in ``data.name``. ``train.eval_images`` images of each split,
-a fixed random subset (seed 0), the same at every evaluation and on resume.
+a fixed class-stratified random subset (seed 0, ``udi.eval.subsets``), the same at every
+evaluation and on resume.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Subset
 
 from udi.config import ConfigError
 from udi.eval.features import eval_crop_fraction, extract_bank
 from udi.eval.knn import knn_accuracy
+from udi.eval.subsets import stratified_subset
 from udi.eval.suite import labelled_splits
 from udi.models.vit import VisionTransformer
 
@@ -37,14 +38,6 @@ def monitor_source(cfg: dict) -> str:
     return source
 
 
-def fixed_subset(dataset, size: int, seed: int = 0):
-    """``size`` items of ``dataset`` drawn at random (``seed``), in index order; all if it has fewer."""
-    if size >= len(dataset):
-        return dataset
-    rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
-    return Subset(dataset, sorted(rows.tolist()))
-
-
 class KnnMonitor:
     """``monitor(backbone) -> {"knn_cls": %, ...}`` on the fixed subsets of ``cfg``'s eval data."""
 
@@ -52,10 +45,10 @@ class KnnMonitor:
         self.source = monitor_source(cfg)
         try:
             train_set, val_set = labelled_splits(self.source, scenes_size=cfg["data"]["scenes_size"])
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"'train.eval_data': {error}") from None
         size = cfg["train"]["eval_images"]
-        self.train_set, self.val_set = fixed_subset(train_set, size), fixed_subset(val_set, size)
+        self.train_set, self.val_set = stratified_subset(train_set, size), stratified_subset(val_set, size)
         self.crop_fraction = eval_crop_fraction(self.source)
         self.device = device
 
