@@ -259,9 +259,12 @@ def cmd_embed(args) -> int:
         num_workers=default_num_workers(args.data) if args.num_workers is None else args.num_workers,
         dtype=args.dtype, progress=not args.no_progress,
     )
-    console.print(escape(f"{result.shape[0]} images -> {result.array} {result.shape}; image list: {result.items}"))
+    console.print(escape(f"{result.shape[0]} images -> {result.array} {result.shape}; image names: {result.items}"))
+    if result.skipped:
+        shown = ", ".join(result.skipped[:5]) + (", ..." if len(result.skipped) > 5 else "")
+        console.print(escape(f"skipped {len(result.skipped)} file(s) that could not be decoded (no row): {shown}"))
     print(json.dumps({"array": str(result.array), "items": str(result.items), "shape": list(result.shape),
-                      "seconds": result.seconds}))
+                      "seconds": result.seconds, "skipped": result.skipped}))
     return 0
 
 
@@ -373,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from udi.eval.embed import EMBED_FEATURES
 
-    p = sub.add_parser("embed", help="embeddings of every image of a data set to .npy (+ .txt image list)")
+    p = sub.add_parser("embed", help="embeddings of every image of a data set to .npy (+ .jsonl image names)")
     model_arguments(p, "run directory, backbone.safetensors, checkpoint.pt, or DINO/timm weights")
     p.add_argument("--data", required=True, help="built-in name (scenes, mnist5k, digits) or a folder of images")
     p.add_argument("--features", default="cls", help=f"one of {', '.join(EMBED_FEATURES)}, lastN (default cls); "
                    "patch: (images, patches, dim)")
-    p.add_argument("--out", required=True, help="FILE.npy; the image list goes to FILE.txt")
+    p.add_argument("--out", required=True, help="FILE.npy; the image names go to FILE.jsonl (one JSON string per row)")
     p.add_argument("--split", default="all", choices=("all", "train", "val"),
                    help="all (default), or the train/ or val/ subfolder (built-ins: their fixed split)")
     p.add_argument("--batch-size", type=int, default=256)

@@ -1,4 +1,4 @@
-"""udi embed: rows match a direct forward pass, memory-mapped output, image list, clear errors."""
+"""udi embed: rows match a direct forward pass, memory-mapped output, image names, broken files, clear errors."""
 
 import json
 
@@ -11,6 +11,7 @@ from udi.cli import main
 from udi.data.augment import center_box, crop_resize, normalize
 from udi.data.datasets import build_dataset, load_image
 from udi.eval import embed as embed_module
+from udi.eval.embed import read_item_names
 from udi.models.vit import build_vit
 from udi.io.checkpoint import export_backbone
 
@@ -57,7 +58,7 @@ def test_folder_rows_match_a_direct_forward_pass(backbone_file, folder, tmp_path
     result = run_embed(capsys, "--weights", path, "--data", folder, "--features", feature, "--out", out,
                        "--batch-size", 2, "--num-workers", 0)
     array = np.load(out, mmap_mode="r")
-    names = (tmp_path / "emb.txt").read_text().splitlines()
+    names = read_item_names(tmp_path / "emb.jsonl")
     assert result["shape"] == list(array.shape) and array.dtype == np.float32
     assert len(names) == len(array) == 5 and names == sorted(names) and names[-1].endswith("sub/im4.png")
     for row, name in zip(array, names):
@@ -67,6 +68,41 @@ def test_folder_rows_match_a_direct_forward_pass(backbone_file, folder, tmp_path
                     "patch_mean": tokens[2:].mean(0)}[feature]
         np.testing.assert_allclose(row, expected.numpy(), atol=1e-5, rtol=1e-5)
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_undecodable_files_get_no_row_and_are_named(backbone_file, folder, tmp_path, capsys):
+    """Before: the next image took the broken file's place, so it had two rows ((7, D) for 6 good)."""
+    for i in (1, 3):
+        (folder / f"broken{i}.png").write_bytes(b"not an image")
+    result = run_embed(capsys, "--weights", backbone_file[0], "--data", folder, "--out", tmp_path / "e.npy",
+                       "--batch-size", 2, "--num-workers", 0)
+    names = read_item_names(tmp_path / "e.jsonl")
+    array = np.load(tmp_path / "e.npy")
+    assert array.shape == (5, 96) and result["shape"] == [5, 96] and len(names) == len(set(names)) == 5
+    assert sorted(result["skipped"]) == [str(folder / "broken1.png"), str(folder / "broken3.png")]
+    clean = run_embed(capsys, "--weights", backbone_file[0], "--data", folder, "--out", tmp_path / "c.npy",
+                      "--batch-size", 5, "--num-workers", 0)
+    assert clean["skipped"] == result["skipped"]
+    np.testing.assert_allclose(array, np.load(tmp_path / "c.npy"), atol=1e-6)  # rows do not depend on batching
+
+
+def test_every_name_takes_one_line(backbone_file, tmp_path, capsys):
+    root = tmp_path / "odd"
+    root.mkdir()
+    for name in ("two\nlines.png", "plain.png"):
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(root / name, format="PNG")
+    run_embed(capsys, "--weights", backbone_file[0], "--data", root, "--out", tmp_path / "o.npy", "--num-workers", 0)
+    assert read_item_names(tmp_path / "o.jsonl") == [str(root / "plain.png"), str(root / "two\nlines.png")]
+
+
+def test_a_folder_of_broken_files_is_a_clear_error(backbone_file, tmp_path, err_contains):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert main(["embed", "--no-progress", "--weights", str(backbone_file[0]), "--data", str(root),
+                 "--out", str(tmp_path / "b.npy"), "--num-workers", "0"]) == 2
+    assert err_contains("none of the 1 images could be decoded")
+    assert list(tmp_path.glob("b.*")) == [] and list(tmp_path.glob(".b.*")) == []
 
 
 def test_builtin_patch_tokens_and_last_blocks(backbone_file, tmp_path, capsys):
@@ -79,7 +115,7 @@ def test_builtin_patch_tokens_and_last_blocks(backbone_file, tmp_path, capsys):
     dataset = build_dataset(name="digits", split="val")
     tokens, blocks = np.load(tmp_path / "patch.npy"), np.load(tmp_path / "last2.npy")
     assert blocks.shape == (359, 192) and blocks.dtype == np.float16
-    names = (tmp_path / "patch.txt").read_text().splitlines()
+    names = read_item_names(tmp_path / "patch.jsonl")
     assert names[:2] == ["digits:val:0", "digits:val:1"] and len(names) == 359
     for i in (0, 150, 358):
         item = dataset[i]
@@ -131,3 +167,11 @@ def test_second_class_token_feature_needs_two(tmp_path, err_contains):
     assert main(["embed", "--weights", str(path), "--data", "digits", "--features", "cls_cat",
                  "--out", str(tmp_path / "x")]) == 2
     assert err_contains("needs a second class token; this backbone has 1")
+
+
+def test_shrinking_the_array_copies_chunk_by_chunk(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(14, dtype=np.float32).reshape(7, 2))
+    embed_module._shrink(path, 5, chunk=2)
+    np.testing.assert_array_equal(np.load(path), np.arange(10, dtype=np.float32).reshape(5, 2))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]

@@ -3,12 +3,16 @@
 The preprocessing is the evaluation transform (``udi.eval.features.eval_crops``: centred
 crop, resized, ImageNet-normalised) with the same crop fraction and input size as ``udi eval``.
 The array is a memory map filled as batches arrive, so a folder of any size fits; it is
-written under a temporary name and renamed when complete. Next to it, a ``.txt`` file names
-the image of each row: the file path for folders, ``NAME:SPLIT:INDEX`` for built-in data sets.
+written under a temporary name and renamed when complete. Next to it, a ``.jsonl`` file names
+the image of each row, one JSON string per line (so a file name holding a newline or bytes that
+are not UTF-8 still takes exactly one line): the file path for folders, ``NAME:SPLIT:INDEX``
+for built-in data sets. A folder's files that cannot be decoded get no row; they are named in
+the result (``Embeddings.skipped``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset
+from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, load_image
 from udi.eval.features import EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, eval_crops, select_features
 from udi.models.vit import VisionTransformer
 
@@ -70,19 +74,48 @@ def compute_features(backbone: VisionTransformer, crops: torch.Tensor, kind: str
 
 @dataclass
 class Embeddings:
-    """Where the embeddings went: ``array`` (.npy, shape ``shape``) and ``items`` (.txt, one name per row)."""
+    """Where the embeddings went: ``array`` (.npy, shape ``shape``) and ``items`` (.jsonl, one
+    JSON string per row); ``skipped``: the files that could not be decoded (no row)."""
 
     array: Path
     items: Path
     shape: tuple[int, ...]
     seconds: float
+    skipped: list[str]
 
 
 def embedding_paths(out: str | Path) -> tuple[Path, Path]:
-    """(``FILE.npy``, ``FILE.txt``); ``.npy`` is added when ``out`` lacks it, as ``np.save`` does."""
+    """(``FILE.npy``, ``FILE.jsonl``); ``.npy`` is added when ``out`` lacks it, as ``np.save`` does."""
     out = Path(out)
     array = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
-    return array, array.with_suffix(".txt")
+    return array, array.with_suffix(".jsonl")
+
+
+def read_item_names(path: str | Path) -> list[str]:
+    """The image names of an embeddings ``.jsonl`` file, one per row of the array."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+class EachFileOnce(Dataset):
+    """The items of an image folder without substitution: a file that cannot be decoded gives a
+    blank canvas with ``"decoded": False`` (the training data set would hand out the next file
+    instead, which here would give one image two rows)."""
+
+    def __init__(self, folder: ImageFolderDataset):
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> dict:
+        path, label = self.folder.samples[index]
+        size = self.folder.canvas_size
+        try:
+            image, aspect = load_image(path, size)
+            decoded = True
+        except Exception:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
+            image, aspect, decoded = torch.zeros(3, size, size, dtype=torch.uint8), 1.0, False
+        return {"image": image, "aspect": float(aspect), "label": int(label), "index": index, "decoded": decoded}
 
 
 def _progress(enabled: bool) -> Progress:
@@ -105,9 +138,10 @@ def embed_dataset(
     progress: bool = True,
 ) -> Embeddings:
     """Write the ``feature`` of every item of ``dataset`` to ``out`` (.npy) and the names of the
-    images (``item_name(index)``, index = the item's ``"index"``) to the matching .txt.
+    images (``item_name(index)``, index = the item's ``"index"``) to the matching .jsonl.
 
-    Array shape: (n, D) (or (n, 2D), (n, N*D)) for image features, (n, patches, D) for ``patch``.
+    Array shape: (n, D) (or (n, 2D), (n, N*D)) for image features, (n, patches, D) for ``patch``;
+    n = the items whose ``"decoded"`` is not False (an image folder: wrap it in ``EachFileOnce``).
     """
     start = time.perf_counter()
     feature = parse_embed_feature(feature, backbone)
@@ -124,28 +158,50 @@ def embed_dataset(
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
+    skipped: list[str] = []
     try:
         array = np.lib.format.open_memmap(partial_array, mode="w+", dtype=dtype, shape=shape)
         row = 0
-        with open(partial_items, "w") as names, _progress(progress) as bar:
+        with open(partial_items, "w", encoding="utf-8") as names, _progress(progress) as bar:
             task = bar.add_task("embed", total=len(dataset))
             for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
-                crops = eval_crops(images, batch["aspect"], image_size, crop_fraction)
+                decoded = batch.get("decoded", torch.ones(len(batch["index"]), dtype=torch.bool))
+                skipped += [item_name(int(i)) for i in batch["index"][~decoded]]
+                bar.advance(task, len(decoded))
+                if not decoded.any():
+                    continue
+                images = batch["image"][decoded].to(device, non_blocking=True)
+                crops = eval_crops(images, batch["aspect"][decoded], image_size, crop_fraction)
                 values = compute_features(backbone, crops, feature)
                 array[row: row + len(values)] = values.float().cpu().numpy().astype(dtype, copy=False)
-                names.writelines(f"{item_name(int(i))}\n" for i in batch["index"])
+                names.writelines(json.dumps(item_name(int(i))) + "\n" for i in batch["index"][decoded])
                 row += len(values)
-                bar.advance(task, len(values))
+        if row == 0:
+            raise ValueError(f"none of the {len(dataset)} images could be decoded (first: {skipped[0]})")
         array.flush()
-        del array  # close the memory map before renaming
+        del array  # close the memory map before renaming (or shrinking)
+        if row < shape[0]:
+            _shrink(partial_array, row)
         os.replace(partial_array, array_path)
         os.replace(partial_items, items_path)
     except BaseException:
         partial_array.unlink(missing_ok=True)
         partial_items.unlink(missing_ok=True)
         raise
-    return Embeddings(array_path, items_path, shape, round(time.perf_counter() - start, 2))
+    return Embeddings(array_path, items_path, (row, *shape[1:]), round(time.perf_counter() - start, 2), skipped)
+
+
+def _shrink(path: Path, rows: int, chunk: int = 4096) -> None:
+    """Keep the first ``rows`` rows of the .npy at ``path`` (copied chunk by chunk: any size fits)."""
+    full = np.load(path, mmap_mode="r")
+    smaller = path.with_name(path.name + ".rows")
+    out = np.lib.format.open_memmap(smaller, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
+    for start in range(0, rows, chunk):
+        stop = min(start + chunk, rows)
+        out[start:stop] = full[start:stop]
+    out.flush()
+    del out, full
+    os.replace(smaller, path)
 
 
 def embedding_dataset(data: str, split: str = "all") -> tuple[Dataset, Callable[[int], str], float]:
@@ -159,9 +215,9 @@ def embedding_dataset(data: str, split: str = "all") -> tuple[Dataset, Callable[
         raise FileNotFoundError(
             f"data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) nor an existing folder"
         )
-    dataset = build_dataset(path=str(path), split=split, canvas_size=EVAL_CANVAS_SIZE)
-    assert isinstance(dataset, ImageFolderDataset)
-    return dataset, lambda i: str(dataset.samples[i][0]), eval_crop_fraction(data)
+    folder = build_dataset(path=str(path), split=split, canvas_size=EVAL_CANVAS_SIZE)
+    assert isinstance(folder, ImageFolderDataset)
+    return EachFileOnce(folder), lambda i: str(folder.samples[i][0]), eval_crop_fraction(data)
 
 
 def default_num_workers(data: str) -> int:
