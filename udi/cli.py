@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", nargs="?", choices=PROTOCOLS, help="shorthand for --protocols PROTOCOL")
     p.add_argument("--weights", required=True, help="run directory, backbone.safetensors, checkpoint.pt, or DINO/timm ViT weights")
     p.add_argument("--features", help="comma-separated: cls, cls+, cls_cat, patch_mean, lastN (default: each protocol's)")
-    p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default embed_dim/64)")
+    p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default: from the file, else embed_dim/64 for widths 192/384/768/1024)")
     p.add_argument("--out", help="directory for metrics.json, metrics.md, cached features and plots")
     suite_arguments(p)
     p.set_defaults(func=cmd_eval)
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_arguments(p, weights_help):
         p.add_argument("--weights", required=True, help=weights_help)
         p.add_argument("--image-size", type=int, help="model input size (default: the backbone's training size)")
-        p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default embed_dim/64)")
+        p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default: from the file, else embed_dim/64 for widths 192/384/768/1024)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     viz = sub.add_parser("viz", help="pictures: attention maps, patch-feature PCA, training curves")

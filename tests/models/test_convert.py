@@ -11,14 +11,14 @@ from udi.models.vit import VisionTransformer
 
 def reference_vit(**kwargs):
     torch.manual_seed(0)
-    defaults = dict(img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2, n_cls=1)
+    defaults = dict(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, n_cls=1)  # ViT-T width
     return VisionTransformer(**{**defaults, **kwargs}).eval()
 
 
 def dino_checkpoint(model):
     """DINO's training checkpoint: teacher and student with prefixes, heads included."""
     teacher = {f"backbone.{k}": v.clone() for k, v in model.state_dict().items()}
-    teacher["head.mlp.0.weight"] = torch.randn(2048, 128)
+    teacher["head.mlp.0.weight"] = torch.randn(2048, 192)
     teacher["head.last_layer.weight_g"] = torch.ones(65536, 1)
     student = {f"module.{k}": v for k, v in teacher.items()}
     return {"teacher": teacher, "student": student, "epoch": 100}
@@ -26,7 +26,7 @@ def dino_checkpoint(model):
 
 def timm_state_dict(model):
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["head.weight"], state["head.bias"] = torch.randn(1000, 128), torch.zeros(1000)
+    state["head.weight"], state["head.bias"] = torch.randn(1000, 192), torch.zeros(1000)
     return state
 
 
@@ -53,13 +53,13 @@ def main_dino_checkpoint(model):
 
     from udi.models.heads import DINOHead
 
-    teacher = MultiCropWrapper(model, DINOHead(128, 256, hidden_dim=64, bottleneck_dim=32))
+    teacher = MultiCropWrapper(model, DINOHead(192, 256, hidden_dim=64, bottleneck_dim=32))
     student = torch.nn.Module()
-    student.module = MultiCropWrapper(reference_vit(), DINOHead(128, 256, hidden_dim=64, bottleneck_dim=32))
+    student.module = MultiCropWrapper(reference_vit(), DINOHead(192, 256, hidden_dim=64, bottleneck_dim=32))
     optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4)
     loss = torch.nn.Module()
     loss.register_buffer("center", torch.zeros(1, 256))
-    args = argparse.Namespace(arch="vit_small", patch_size=8, out_dim=256, norm_last_layer=True, lr=0.0005,
+    args = argparse.Namespace(arch="vit_tiny", patch_size=8, out_dim=256, norm_last_layer=True, lr=0.0005,
                               data_path="/path/to/imagenet/train", output_dir=".", local_crops_scale=(0.05, 0.4),
                               gpu=0, rank=0, world_size=1, dist_url="env://", seed=0, use_fp16=True)
     return {"student": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
@@ -121,9 +121,49 @@ def test_timm_no_embed_class_positions_get_a_zero_class_slot():
 
 def test_unsupported_variants_and_foreign_files_are_clear_errors(tmp_path):
     state = timm_state_dict(reference_vit())
-    state["blocks.0.ls1.gamma"] = torch.ones(128)
+    state["blocks.0.ls1.gamma"] = torch.ones(192)
     with pytest.raises(ValueError, match="unsupported ViT variant.*ls1"):
         convert_state_dict(state)
     torch.save({"weights": torch.ones(3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a udi file and not a DINO/timm ViT checkpoint"):
         load_backbone(tmp_path / "other.pth")
+
+
+def odd_width_vit():
+    """48 dims, 3 heads: a width whose head count embed_dim / 64 would get wrong (1)."""
+    return reference_vit(embed_dim=48, num_heads=3)
+
+
+def test_head_count_of_an_odd_width_is_never_guessed(tmp_path):
+    model = odd_width_vit()
+    torch.save(model.state_dict(), tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="48-dim ViT .* give it \\(--num-heads\\)"):  # before: built with 1 head
+        load_backbone(tmp_path / "odd.pth")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(load_backbone(tmp_path / "odd.pth", num_heads=3)(x), model(x), atol=1e-6)
+
+
+def test_head_count_is_read_from_the_files_metadata(tmp_path):
+    import argparse
+    import json
+
+    model, x = odd_width_vit(), torch.randn(2, 3, 32, 32)
+    save_file(model.state_dict(), tmp_path / "meta.safetensors", metadata={"num_heads": "3"})
+    torch.save({"teacher": model.state_dict(), "args": argparse.Namespace(num_heads=3)}, tmp_path / "args.pth")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file(model.state_dict(), hub / "model.safetensors")
+    (hub / "config.json").write_text(json.dumps({"architecture": "custom_vit", "model_args": {"num_heads": 3}}))
+    for path in (tmp_path / "meta.safetensors", tmp_path / "args.pth", hub / "model.safetensors"):
+        loaded = load_backbone(path)
+        assert loaded.num_heads == 3 and torch.allclose(loaded(x), model(x), atol=1e-6), path
+
+
+def test_head_count_from_a_family_name():
+    import argparse
+
+    model = reference_vit()
+    dino = {"teacher": model.state_dict(), "args": argparse.Namespace(arch="vit_small")}
+    assert convert_state_dict(dino)[1]["num_heads"] == 6  # what the file says wins over the width's convention
+    assert convert_state_dict(dino, num_heads=3)[1]["num_heads"] == 3  # and an explicit count over both
+    assert convert_state_dict(model.state_dict(), metadata={"architecture": "vit_tiny_patch16_224"})[1]["num_heads"] == 3

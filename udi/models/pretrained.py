@@ -22,7 +22,8 @@ from udi.io.checkpoint import BACKBONE_FORMAT, load_checkpoint, read_backbone_fi
 def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTransformer:
     """A ``VisionTransformer`` in eval mode with the weights of ``path`` (see module doc).
 
-    ``num_heads`` is needed only for converted weights whose head count is not embed_dim / 64."""
+    ``num_heads`` is needed only for converted weights whose file states no head count and whose
+    width is not a standard one (see ``udi.models.convert``)."""
     path = Path(path)
     if path.is_dir():
         candidate = path / "backbone.safetensors"
@@ -33,8 +34,8 @@ def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTrans
         raise FileNotFoundError(f"weights not found: {path}")
     if path.suffix == ".safetensors":
         state, metadata = read_backbone_file(path)
-        if metadata.get("format") != BACKBONE_FORMAT:
-            return _converted(state, path, num_heads)  # e.g. a timm model.safetensors
+        if metadata.get("format") != BACKBONE_FORMAT:  # e.g. a timm model.safetensors (+ config.json)
+            return _converted(state, path, num_heads, {**_config_json(path), **metadata})
         model = _load_state(vit_from_config(json.loads(metadata["arch"])), state, path)
         return _with_method(model, metadata.get("method"))
     checkpoint = load_checkpoint(path)
@@ -75,9 +76,25 @@ def _teacher_backbone(checkpoint: dict, path: Path) -> VisionTransformer:
     return _load_state(model, state, path)
 
 
-def _converted(obj: dict, path: Path, num_heads: int | None) -> VisionTransformer:
+def _config_json(path: Path) -> dict:
+    """The ``config.json`` beside a weights file (Hugging Face / timm hub layout), if any:
+    its ``architecture`` names the model family; its ``model_args`` may give ``num_heads``."""
+    config = path.with_name("config.json")
+    if not config.is_file():
+        return {}
     try:
-        return load_converted(obj, num_heads)
+        data = json.loads(config.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{config}: not readable JSON ({error})") from None
+    if not isinstance(data, dict):
+        return {}
+    model_args = data.get("model_args") if isinstance(data.get("model_args"), dict) else {}
+    return {k: v for k, v in {**data, **model_args}.items() if k in ("architecture", "arch", "num_heads")}
+
+
+def _converted(obj: dict, path: Path, num_heads: int | None, metadata: dict | None = None) -> VisionTransformer:
+    try:
+        return load_converted(obj, num_heads, metadata)
     except (ValueError, KeyError) as error:
         raise ValueError(f"{path}: not a udi file and not a DINO/timm ViT checkpoint ({error})") from error
 
