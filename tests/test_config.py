@@ -67,3 +67,9 @@ def test_resolve_unknown_config_lists_shipped():
 def test_teacher_momentum_end_must_be_a_number_in_unit_interval(value):
     with pytest.raises(ConfigError, match="optim.momentum_teacher_end"):
         load_config(None, ["data.name=scenes", f"optim.momentum_teacher_end={value}"])
+
+
+def test_pos_interp_choices():
+    assert load_config(None, ["data.name=scenes", "model.pos_interp=dino"])["model"]["pos_interp"] == "dino"
+    with pytest.raises(ConfigError, match="model.pos_interp"):
+        load_config(None, ["data.name=scenes", "model.pos_interp=area"])

@@ -71,7 +71,7 @@ def cmd_eval(args) -> int:
     from udi.models.pretrained import load_backbone
 
     check_protocols(args.data, _protocol_list(args))  # before the (possibly slow) weights
-    backbone = load_backbone(args.weights, num_heads=args.num_heads)
+    backbone = load_backbone(args.weights, num_heads=args.num_heads, pos_interp=args.pos_interp)
     if args.baselines:
         runs = with_baselines({Path(args.weights).name: backbone}, args.weights)
         rows = compare_runs(runs, args.data, _protocol_list(args), Path(args.out) if args.out else None,
@@ -193,8 +193,10 @@ def _load_for_viz(args, with_srs: bool):
 
     if with_srs:
         backbone, srs = load_backbone_and_srs(args.weights, num_heads=args.num_heads)
+        if args.pos_interp:
+            backbone.pos_interp = args.pos_interp
     else:  # a run directory's backbone.safetensors: no need to read the whole checkpoint
-        backbone, srs = load_backbone(args.weights, num_heads=args.num_heads), None
+        backbone, srs = load_backbone(args.weights, num_heads=args.num_heads, pos_interp=args.pos_interp), None
     device = _device(args.device)
     return backbone.to(device), None if srs is None else srs.to(device)
 
@@ -251,7 +253,7 @@ def cmd_embed(args) -> int:
     from udi.models.pretrained import load_backbone
 
     dataset, item_name, crop_fraction = embedding_dataset(args.data, args.split)  # before the weights
-    backbone = load_backbone(args.weights, num_heads=args.num_heads)
+    backbone = load_backbone(args.weights, num_heads=args.num_heads, pos_interp=args.pos_interp)
     parse_embed_feature(args.features, backbone)
     result = embed_dataset(
         backbone, dataset, args.features, args.out, item_name, image_size=_input_size(args, backbone),
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="run directory, backbone.safetensors, checkpoint.pt, or DINO/timm ViT weights")
     p.add_argument("--features", help="comma-separated: cls, cls+, cls_cat, patch_mean, lastN (default: each protocol's)")
     p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default: from the file, else embed_dim/64 for widths 192/384/768/1024)")
+    pos_interp_argument(p)
     p.add_argument("--out", help="directory for metrics.json, metrics.md, cached features and plots")
     suite_arguments(p)
     p.set_defaults(func=cmd_eval)
@@ -350,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", required=True, help=weights_help)
         p.add_argument("--image-size", type=int, help="model input size (default: the backbone's training size)")
         p.add_argument("--num-heads", type=int, help="heads of converted DINO/timm weights (default: from the file, else embed_dim/64 for widths 192/384/768/1024)")
+        pos_interp_argument(p)
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     viz = sub.add_parser("viz", help="pictures: attention maps, patch-feature PCA, training curves")
@@ -402,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_report)
     return parser
+
+
+def pos_interp_argument(p) -> None:
+    p.add_argument("--pos-interp", choices=("bicubic", "dino", "timm"),
+                   help="positional-embedding resizing off the native grid (default: the weights' own, bicubic "
+                        "unless recorded; dino / timm: as their published models)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
         "arch": "vit_small",
         "patch_size": 16,
         "stem": "patch",  # patch (one stride-p convolution, ViT/DINO) | conv (stride-2 3x3 convolutions)
+        # Positional-embedding resizing for non-native grids (local crops, other eval sizes): bicubic |
+        # dino (DINO's +0.1 scale factor) | timm (antialiased); udi.models.vit.VisionTransformer says how.
+        "pos_interp": "bicubic",
         "drop_path_rate": 0.1,
         "embed_dim": None,  # None: the preset's
         "depth": None,
@@ -138,6 +141,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES = {
     "method": ("udi", "dino", "bootleg"),
     "model.stem": ("patch", "conv"),
+    "model.pos_interp": ("bicubic", "dino", "timm"),
     "bootleg.loss": ("smooth_l1", "mse", "l1"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),

@@ -289,3 +289,58 @@ def test_conv_stem_needs_a_power_of_two_patch(patch, message):
                           stem="conv")
     with pytest.raises(ValueError, match="stem must be one of"):
         small_vit(stem="convnext")
+
+
+def dino_interpolate_pos_encoding(pos_embed, patch_size, H, W):
+    """DINO's vision_transformer.py interpolate_pos_encoding, restated (its w, h are the input's
+    dims 2 and 3: `B, nc, w, h = x.shape`)."""
+    import math
+
+    N = pos_embed.shape[1] - 1
+    class_pos_embed, patch_pos_embed = pos_embed[:, 0], pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    w0, h0 = H // patch_size + 0.1, W // patch_size + 0.1
+    patch_pos_embed = torch.nn.functional.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)), mode="bicubic")
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
+@pytest.mark.parametrize("H, W", [(160, 160), (96, 96), (128, 192), (288, 224)])
+def test_pos_interp_dino_equals_dinos_formula(H, W):
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=224, patch_size=16, embed_dim=48, depth=1, num_heads=3, pos_interp="dino")
+    expected = dino_interpolate_pos_encoding(model.pos_embed, 16, H, W)
+    assert torch.allclose(model.interpolate_pos_encoding(H // 16, W // 16), expected, atol=1e-6)
+
+
+def test_pos_interp_conventions_differ_off_the_native_grid_only():
+    torch.manual_seed(0)
+    models = {name: VisionTransformer(img_size=224, patch_size=16, embed_dim=48, depth=1, num_heads=3, pos_interp=name)
+              for name in ("bicubic", "dino", "timm")}
+    state = models["bicubic"].state_dict()
+    for model in models.values():
+        model.load_state_dict(state)
+    native = {n: m.interpolate_pos_encoding(14, 14) for n, m in models.items()}
+    assert torch.equal(native["bicubic"], native["dino"]) and torch.equal(native["bicubic"], native["timm"])
+    small = {n: m.interpolate_pos_encoding(10, 10) for n, m in models.items()}  # 160 px: shrinking
+    assert (small["bicubic"] - small["dino"]).abs().max() > 1e-3
+    assert (small["bicubic"] - small["timm"]).abs().max() > 1e-3
+    large = {n: m.interpolate_pos_encoding(18, 18) for n, m in models.items()}
+    assert (large["bicubic"] - large["timm"]).abs().max() > 1e-4  # antialiased bicubic: another kernel
+
+
+def test_pos_interp_is_recorded_and_can_be_replaced_at_load(tmp_path):
+    from udi.io.checkpoint import export_backbone
+    from udi.models.pretrained import load_backbone
+
+    model = build_vit("vit_nano", patch_size=4, img_size=16, pos_interp="dino")
+    assert model.arch_config()["pos_interp"] == "dino" and "pos_interp" not in build_vit("vit_nano").arch_config()
+    export_backbone(tmp_path / "b.safetensors", model)
+    assert load_backbone(tmp_path / "b.safetensors").pos_interp == "dino"
+    assert load_backbone(tmp_path / "b.safetensors", pos_interp="timm").pos_interp == "timm"
+    with pytest.raises(ValueError, match="pos_interp must be one of"):
+        load_backbone(tmp_path / "b.safetensors", pos_interp="area")
+    with pytest.raises(ValueError, match="pos_interp must be one of"):
+        VisionTransformer(pos_interp="nearest")

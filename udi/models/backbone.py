@@ -16,5 +16,6 @@ def build_backbone(cfg: dict, n_cls: int) -> VisionTransformer:
         n_cls=n_cls,
         drop_path_rate=model["drop_path_rate"],
         stem=model["stem"],
+        pos_interp=model["pos_interp"],
         **overrides,
     )

@@ -15,16 +15,28 @@ from pathlib import Path
 from udi.models.backbone import build_backbone
 from udi.models.convert import load_converted
 from udi.models.srs import SRSModule
-from udi.models.vit import VisionTransformer, vit_from_config
+from udi.models.vit import POS_INTERP, VisionTransformer, vit_from_config
 from udi.io.checkpoint import BACKBONE_FORMAT, load_checkpoint, read_backbone_file
 
 
-def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTransformer:
+def load_backbone(path: str | Path, num_heads: int | None = None, pos_interp: str | None = None) -> VisionTransformer:
     """A ``VisionTransformer`` in eval mode with the weights of ``path`` (see module doc).
+
+    ``pos_interp`` replaces the positional-embedding resizing convention the weights were saved
+    with (``bicubic`` unless recorded; ``dino`` reproduces DINO's published models off their
+    native grid, ``timm`` timm's).
 
     ``num_heads`` is needed only for converted weights whose file states no head count and whose
     width is not a standard one (see ``udi.models.convert``)."""
-    path = Path(path)
+    model = _load_backbone(Path(path), num_heads)
+    if pos_interp is not None:
+        if pos_interp not in POS_INTERP:
+            raise ValueError(f"pos_interp must be one of {', '.join(POS_INTERP)}; got {pos_interp!r}")
+        model.pos_interp = pos_interp
+    return model
+
+
+def _load_backbone(path: Path, num_heads: int | None) -> VisionTransformer:
     if path.is_dir():
         candidate = path / "backbone.safetensors"
         if not candidate.exists():

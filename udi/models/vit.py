@@ -161,19 +161,33 @@ class Block(nn.Module):
         return (x, attn) if return_attention else x
 
 
+POS_INTERP = ("bicubic", "dino", "timm")
+
+
 class VisionTransformer(nn.Module):
     """Pre-norm ViT with ``n_cls`` class tokens placed before the patch tokens.
 
     Any input whose height and width are multiples of ``patch_size`` is accepted:
-    the patch-grid positional embeddings are resized bicubically to the crop's grid.
+    the patch-grid positional embeddings are resized bicubically to the crop's grid, by the
+    convention ``pos_interp`` names (``POS_INTERP``; they agree at the native grid):
+
+    - ``bicubic`` (default; what udi trains with): to the target size, no antialiasing;
+    - ``dino``: DINO's (and DINOv2's ``interpolate_offset``): by the scale factor
+      (grid + 0.1) / native grid, which samples at slightly different points;
+    - ``timm``: timm's ``resample_abs_pos_embed``: to the target size, antialiased (torch's
+      antialiased bicubic uses another kernel, so it differs at every non-native size).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path_rate: float = 0.0, n_cls: int = 1, stem: str = "patch"):
+                 qkv_bias: bool = True, drop_path_rate: float = 0.0, n_cls: int = 1, stem: str = "patch",
+                 pos_interp: str = "bicubic"):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if pos_interp not in POS_INTERP:
+            raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {pos_interp!r}")
+        self.pos_interp = pos_interp
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         if n_cls < 1:
@@ -200,12 +214,16 @@ class VisionTransformer(nn.Module):
 
     def arch_config(self) -> dict:
         """JSON-able constructor arguments; ``vit_from_config`` rebuilds the same architecture
-        (``stem`` only when it is not the patchify default, so older readers load patch-stem files)."""
+        (``stem`` and ``pos_interp`` only when not the defaults, so older readers load such files)."""
         config = dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
                       embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads,
                       mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                       drop_path_rate=self.drop_path_rate, n_cls=self.n_cls)
-        return config if self.stem == "patch" else {**config, "stem": self.stem}
+        if self.stem != "patch":
+            config["stem"] = self.stem
+        if self.pos_interp != "bicubic":
+            config["pos_interp"] = self.pos_interp
+        return config
 
     def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:
         """Positional embeddings (1, n_cls + h*w, D) for an h x w patch grid."""
@@ -213,10 +231,13 @@ class VisionTransformer(nn.Module):
             return self.pos_embed
         cls_pos, patch_pos = self.pos_embed[:, : self.n_cls], self.pos_embed[:, self.n_cls :]
         g, D = self.grid_size, self.embed_dim
-        patch_pos = F.interpolate(
-            patch_pos.reshape(1, g, g, D).permute(0, 3, 1, 2), size=(h, w), mode="bicubic",
-            align_corners=False,
-        )
+        grid = patch_pos.reshape(1, g, g, D).permute(0, 3, 1, 2)
+        if self.pos_interp == "dino":
+            patch_pos = F.interpolate(grid, scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic",
+                                      align_corners=False)
+        else:
+            patch_pos = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False,
+                                      antialias=self.pos_interp == "timm")
         return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, D)], dim=1)
 
     def prepare_tokens(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
@@ -297,10 +318,10 @@ class VisionTransformer(nn.Module):
 def build_vit(arch: str = "vit_small", patch_size: int = 16, img_size: int = 224, n_cls: int = 1,
               drop_path_rate: float = 0.0, **overrides) -> VisionTransformer:
     """Build a ViT from a preset name; ``overrides`` may replace embed_dim, depth,
-    num_heads, mlp_ratio, qkv_bias, in_chans or stem (``patch`` | ``conv``)."""
+    num_heads, mlp_ratio, qkv_bias, in_chans, stem (``patch`` | ``conv``) or pos_interp."""
     if arch not in ARCH_PRESETS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCH_PRESETS)}")
-    allowed = {"embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "in_chans", "stem"}
+    allowed = {"embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "in_chans", "stem", "pos_interp"}
     unknown = set(overrides) - allowed
     if unknown:
         raise ValueError(f"unknown overrides {sorted(unknown)}; allowed: {sorted(allowed)}")
