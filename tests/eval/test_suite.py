@@ -147,3 +147,18 @@ def test_folder_evaluation_needs_labels(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / split / "x.png")
     with pytest.raises(ValueError, match="no class subfolders"):
         labelled_splits(str(tmp_path))
+
+
+def test_a_torn_feature_cache_is_recomputed(tmp_path):
+    from udi.models.pretrained import load_backbone
+
+    backbone = load_backbone(tiny_backbone(tmp_path))
+    options = SuiteOptions(max_images=64, progress=False)
+    first = run_suite(backbone, "digits", ["knn"], out_dir=tmp_path / "o", options=options)
+    cache = tmp_path / "o" / "features_train.pt"
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # as a kill mid-write once left it
+    with pytest.warns(UserWarning, match="cannot be read"):
+        second = run_suite(backbone, "digits", ["knn"], out_dir=tmp_path / "o", options=options)
+    assert summarize(first) == summarize(second)
+    assert torch.load(cache, weights_only=True)["key"]  # replaced by a whole one
+    assert not list((tmp_path / "o").glob(".*.tmp"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from udi.config import load_config
 from udi.models.pretrained import load_backbone
 from udi.io import checkpoint as checkpoint_module
 from udi.train.loop import NonFiniteLossError, Trainer, pretrain
@@ -184,3 +185,56 @@ def test_teacher_momentum_follows_a_cosine_to_its_end_value(tmp_path, tiny_cfg):
     momenta = [r["momentum"] for r in read_log(tmp_path)]
     expected = [0.95 - 0.025 * (1 + math.cos(math.pi * s / 12)) for s in range(12)]
     assert momenta == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_the_previous_checkpoint(tmp_path, tiny_overrides):
+    """A real write failure (the kernel's file-size limit, as a full disk: the write fails mid-file)."""
+    run = tmp_path / "run"
+    pretrain(load_config(None, tiny_overrides + ["train.max_steps=4"]), run)
+    size = (run / "checkpoint.pt").stat().st_size
+    argv = ["pretrain", "--out", str(run), *tiny_overrides, "train.max_steps=8"]
+    code = (f"import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size // 2}, {size // 2}))\n"
+            f"from udi.cli import main\nsys.exit(main({argv!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    error = " ".join(proc.stderr.split()).split("error:", 1)[1]  # rich wraps long lines
+    assert "could not write" in error and "checkpoint.pt" in error and "unchanged" in error
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4  # the previous one survives
+    assert not list(run.glob(".*.tmp"))  # the half-written temp file is gone
+
+
+def test_resume_removes_temporaries_left_by_a_kill(tmp_path, tiny_cfg):
+    pretrain(tiny_cfg("train.max_steps=2"), tmp_path)
+    stale = [tmp_path / ".checkpoint.pt.x1y2.tmp", tmp_path / ".backbone.safetensors.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    keep = tmp_path / ".notes.tmp"
+    keep.write_text("not ours")
+    with pytest.warns(UserWarning, match="killed while writing"):
+        pretrain(tiny_cfg("train.max_steps=3"), tmp_path)
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_a_failed_log_rewrite_keeps_the_whole_history(tmp_path, tiny_cfg, monkeypatch):
+    from pathlib import Path
+
+    pretrain(tiny_cfg("train.max_steps=4"), tmp_path)
+    with open(tmp_path / "log.jsonl", "a") as handle:  # a line past the checkpoint, as after a kill
+        handle.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    before = (tmp_path / "log.jsonl").read_text()
+    real = Path.write_text
+
+    def dying_write(self, text, *args, **kwargs):
+        if "log.jsonl" not in self.name:
+            return real(self, text, *args, **kwargs)
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", dying_write)
+    with pytest.raises(OSError, match="could not write .*log.jsonl"):
+        pretrain(tiny_cfg("train.max_steps=6"), tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "log.jsonl").read_text() == before  # before: half of it, in place

@@ -23,6 +23,7 @@ from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_datase
 from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
 from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
                                parse_feature)
+from udi.io.checkpoint import atomic_write
 from udi.eval.subsets import dataset_labels, stratified_indices, stratified_subset
 from udi.models.vit import VisionTransformer
 
@@ -160,14 +161,19 @@ class FeatureCache:
         key = self._key(split)
         path = self.out_dir / f"features_{split}.pt" if self.out_dir else None
         if path is not None and path.exists():
-            cached = torch.load(path, weights_only=True)
-            if cached.get("key") == key:
+            try:
+                cached = torch.load(path, weights_only=True)
+            except Exception as error:  # torn or foreign: recompute (and replace it) rather than fail
+                warnings.warn(f"feature cache {path} cannot be read ({type(error).__name__}): recomputing it")
+                cached = {}
+            if isinstance(cached, dict) and cached.get("key") == key:
                 self.banks[split] = (cached["bank"], cached["targets"])
                 return self.banks[split]
         bank, targets = self._extract(split)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": key, "bank": bank, "targets": targets}, path)
+            payload = {"key": key, "bank": bank, "targets": targets}
+            atomic_write(path, lambda tmp: torch.save(payload, tmp))
         self.banks[split] = (bank, targets)
         return self.banks[split]
 

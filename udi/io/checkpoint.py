@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 BACKBONE_FORMAT = "udi.vit.v1"
+TMP_SUFFIX = ".tmp"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -32,20 +34,51 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, quota, file size limit, ...); the previous
+    version of the file, if any, is unchanged and the temporary file is removed."""
+
+
+def _free_mb(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MB free there"
+    except OSError:
+        return "free space unknown"
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync it, then rename it to ``path`` (same folder)."""
+    """Call ``write(tmp_path)``, fsync it, then rename it to ``path`` (same folder).
+
+    A failure removes the temporary file and leaves ``path`` as it was; an error while writing
+    (``torch.save`` reports a full disk as a RuntimeError) becomes a ``WriteError`` saying so."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as error:
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        raise WriteError(f"could not write {path} ({type(error).__name__}: {error}); {_free_mb(path.parent)}; "
+                         f"{kept}") from error
+    except BaseException:  # Ctrl-C, SystemExit: clean up, pass it on as it is
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files ``atomic_write`` left for ``names`` in ``folder`` when a process
+    was killed mid-write (``.NAME.*.tmp``); returns them. Only for a folder no other process writes."""
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*{TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from udi import schedules
 from udi.config import ConfigError, dump_config
 from udi.data.datasets import build_dataset
-from udi.io.checkpoint import export_backbone, load_checkpoint, save_checkpoint
+from udi.io.checkpoint import (atomic_write, export_backbone, load_checkpoint, remove_stale_temporaries,
+                               save_checkpoint)
 from udi.methods import build_method
 from udi.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from udi.train.monitor import KnnMonitor
@@ -35,6 +36,7 @@ from udi.train.sampler import ResumableSampler
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
+LOG = "log.jsonl"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -227,7 +229,9 @@ class Trainer:
         max_steps = min(self.total_steps, cfg["max_steps"] or self.total_steps)
         if self.info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(self.cfg, self.out_dir / "config.yaml")
+            for stale in remove_stale_temporaries(self.out_dir, (CHECKPOINT, BACKBONE, LOG, "config.yaml")):
+                warnings.warn(f"removed {stale}, left by a process killed while writing it")
+            atomic_write(self.out_dir / "config.yaml", lambda tmp: dump_config(self.cfg, tmp))
             self._truncate_log()
         loader = DataLoader(
             self.dataset,
@@ -270,12 +274,12 @@ class Trainer:
         if not self.info.is_main:
             return
         record = {"step": self.step, "epoch": epoch, **values, "failed_images": self.failed_images}
-        with open(self.out_dir / "log.jsonl", "a") as handle:
+        with open(self.out_dir / LOG, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def _truncate_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (those steps are redone)."""
-        path = self.out_dir / "log.jsonl"
+        path = self.out_dir / LOG
         if not path.exists():
             return
         lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -286,7 +290,8 @@ class Trainer:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError):
                 warnings.warn(f"{path}: dropping a damaged log line")
-        path.write_text("".join(line + "\n" for line in kept))
+        if kept != lines:  # rewritten whole or not at all: a kill here must not lose the history
+            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
 
 def pretrain(cfg: dict, out_dir: str | Path) -> dict:
