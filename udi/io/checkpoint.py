@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,8 +96,22 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # a foreign or damaged file: say which
-        raise ValueError(f"cannot load checkpoint {path}: {error}") from error
+    except Exception as error:  # a foreign or damaged file: say which, in one line
+        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(error)}") from error
+
+
+def _load_failure(error: Exception) -> str:
+    """torch's weights-only refusal is a page that suggests ``weights_only=False``; keep its reason."""
+    text = str(error)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it holds a {refused.group(1)} object, and only tensors and plain containers are loaded "
+                "(unpickling other objects can run arbitrary code)")
+    reason = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    if reason or isinstance(error, (EOFError, pickle.UnpicklingError)):
+        detail = reason.group(1).strip() if reason else (text or type(error).__name__)
+        return f"not a PyTorch weights file, or a damaged one ({detail})"
+    return f"{type(error).__name__}: {text}"
 
 
 def export_backbone(path: str | Path, backbone: torch.nn.Module, extra: dict | None = None) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from udi.models.backbone import build_backbone
 from udi.models.convert import load_converted
 from udi.models.srs import SRSModule
@@ -45,15 +47,51 @@ def _load_backbone(path: Path, num_heads: int | None) -> VisionTransformer:
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
     if path.suffix == ".safetensors":
-        state, metadata = read_backbone_file(path)
+        try:
+            state, metadata = read_backbone_file(path)
+        except Exception as error:  # safetensors' own errors: header too small/large, bad offsets, ...
+            raise ValueError(f"{path}: not a readable .safetensors file ({error})") from None
         if metadata.get("format") != BACKBONE_FORMAT:  # e.g. a timm model.safetensors (+ config.json)
             return _converted(state, path, num_heads, {**_config_json(path), **metadata})
-        model = _load_state(vit_from_config(json.loads(metadata["arch"])), state, path)
+        arch = _checked_arch(metadata, state, path)
+        model = _load_state(vit_from_config(arch), state, path)
         return _with_method(model, metadata.get("method"))
     checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a dict of weights "
+                         "(expected a state dict, a DINO/timm checkpoint or a udi checkpoint.pt)")
     if not _is_run_checkpoint(checkpoint):
         return _converted(checkpoint, path, num_heads)  # DINO / timm layout
     return _with_method(_teacher_backbone(checkpoint, path), checkpoint["config"].get("method"))
+
+
+def _checked_arch(metadata: dict, state: dict, path: Path) -> dict:
+    """The architecture in a udi file's metadata, checked against the tensors' shapes before
+    anything is built (a wrong or hostile header must not make us allocate a huge network)."""
+    try:
+        arch = json.loads(metadata.get("arch", ""))
+    except ValueError:
+        arch = None
+    if not isinstance(arch, dict):
+        raise ValueError(f"{path}: its metadata 'arch' is not an architecture (a JSON object)")
+    cls_token = state.get("cls_token")
+    if cls_token is None or cls_token.ndim != 3:
+        raise ValueError(f"{path}: no (1, n_cls, dim) 'cls_token' tensor")
+    depth = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+    actual = {"embed_dim": cls_token.shape[2], "n_cls": cls_token.shape[1], "depth": depth}
+    for field, value in actual.items():
+        if arch.get(field) != value:
+            raise ValueError(f"{path}: its metadata says {field}={arch.get(field)!r} but the weights have {value}")
+    with torch.device("meta"):  # shapes only, no memory
+        try:
+            expected = vit_from_config(arch).state_dict()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: its metadata 'arch' is not a valid architecture ({error})") from None
+    for name, tensor in expected.items():
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"{path}: '{name}' has shape {tuple(state[name].shape)}, its metadata implies "
+                             f"{tuple(tensor.shape)}")
+    return arch
 
 
 def _with_method(model: VisionTransformer, method: str | None) -> VisionTransformer:

@@ -202,7 +202,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, n_cls, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_cls + self.grid_size**2, embed_dim))
         # Stochastic depth rate grows linearly with depth (DINO).
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also under a meta device
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i]) for i in range(depth)
         )
