@@ -102,3 +102,22 @@ def test_readme_cpu_folder_example_runs(tmp_path, capsys):
     with_monitor[with_monitor.index("--out") + 1] = str(tmp_path / "cpu2")
     assert main(with_monitor) == 2
     assert "train.eval_data" in "".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.patch_size=0", "'model.patch_size' must be an integer >= 1; got 0"),  # before: ZeroDivisionError
+    ("head.out_dim=0", "'head.out_dim' must be an integer >= 1; got 0"),  # before: IndexError
+    ("loss.teacher_temp=0", "'loss.teacher_temp' must be a number > 0; got 0"),  # before: NaN at step 1
+    ("optim.lr=-0.1", "'optim.lr' must be a number > 0; got -0.1"),  # before: accepted, and trained
+    ("views.local_scale=[0.5,0.1]", "'views.local_scale' must be [low, high] with 0 < low <= high <= 1"),
+])
+def test_values_that_would_break_training_are_refused(tmp_path, override, message, err_contains):
+    assert main(["pretrain", "--out", str(tmp_path / "run"), *DIGITS, override]) == 2
+    assert err_contains(message) and not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_is_one_error_line(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path), *DIGITS, "optim.lr=1e30", "optim.warmup_epochs=0",
+                 "optim.clip_grad=0", "train.max_steps=5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: loss term") and "at step" in err

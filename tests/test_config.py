@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from udi.config import ConfigError, config_dir, load_config, parse_overrides, resolve_config_path
@@ -73,3 +75,22 @@ def test_pos_interp_choices():
     assert load_config(None, ["data.name=scenes", "model.pos_interp=dino"])["model"]["pos_interp"] == "dino"
     with pytest.raises(ConfigError, match="model.pos_interp"):
         load_config(None, ["data.name=scenes", "model.pos_interp=area"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n\tbatch_size: 3\n", "line 2, column 1 not valid YAML: found character '\\t'"),
+    ("train: [1,\n", "not valid YAML"),
+    ('train: !!python/object/apply:os.system ["echo hi"]\n', "no !!python tags"),
+])
+def test_yaml_errors_are_one_config_error(tmp_path, text, message):
+    """Before: yaml's ScannerError/ParserError/ConstructorError tracebacks."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+
+
+def test_an_override_that_is_not_yaml_is_named():
+    with pytest.raises(ConfigError, match=re.escape("override 'data.name=[1,': line 1, column 4 not valid YAML")):
+        load_config(None, ["data.name=[1,"])

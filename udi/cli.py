@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, OSError, ValueError) as error:  # OSError: a missing file, a full disk, ...
+    except (ConfigError, OSError, ValueError, FloatingPointError) as error:  # OSError: a missing file, a full disk; FloatingPointError: a NaN loss
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
 

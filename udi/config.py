@@ -206,8 +206,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        out[key.strip()] = _safe_yaml(raw, f"override '{item}'") if raw.strip() else None
     return out
+
+
+def _safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with its errors (syntax, a tab indent, a ``!!python/...`` tag, which
+    the safe loader refuses) as one ConfigError naming ``source`` and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        if isinstance(error, yaml.constructor.ConstructorError):
+            problem += " (only plain YAML values are allowed: no !!python tags)"
+        raise ConfigError(f"{source}:{where} not valid YAML: {problem}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
@@ -217,7 +231,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _safe_yaml(path.read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
         _merge(cfg, loaded, str(path))
@@ -229,7 +243,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return cfg
 
 
+# Numbers that pass the type check but break training (division by zero, an empty head, NaN at
+# step 1, a negative learning rate): (key, integer?, lowest, lowest allowed?, highest or None).
+RANGES = [
+    ("model.patch_size", True, 1, True, None), ("head.out_dim", True, 1, True, None),
+    ("head.hidden_dim", True, 1, True, None), ("head.bottleneck_dim", True, 1, True, None),
+    ("head.nlayers", True, 1, True, None), ("views.global_size", True, 1, True, None),
+    ("views.local_size", True, 1, True, None), ("views.n_local", True, 0, True, None),
+    ("views.global_window", True, 1, True, None), ("views.local_window", True, 1, True, None),
+    ("loss.student_temp", False, 0, False, None), ("loss.teacher_temp", False, 0, False, None),
+    ("loss.warmup_teacher_temp", False, 0, False, None), ("loss.warmup_teacher_temp_epochs", True, 0, True, None),
+    ("loss.center_momentum", False, 0, True, 1), ("optim.lr", False, 0, False, None),
+    ("optim.min_lr", False, 0, True, None), ("optim.warmup_epochs", True, 0, True, None),
+    ("optim.weight_decay", False, 0, True, None), ("optim.weight_decay_end", False, 0, True, None),
+    ("optim.clip_grad", False, 0, True, None), ("optim.freeze_last_layer", True, 0, True, None),
+    ("model.drop_path_rate", False, 0, True, 1),
+]
+
+
+def _validate_ranges(cfg: dict) -> None:
+    for key, integer, low, inclusive, high in RANGES:
+        value = get_key(cfg, key)
+        kind = "an integer" if integer else "a number"
+        ok_type = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        above = ok_type and (value >= low if inclusive else value > low)
+        if not (above and (high is None or value <= high)):
+            bound = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+            raise ConfigError(f"'{key}' must be {kind} {bound}; got {value!r}")
+    for key in ("views.global_scale", "views.local_scale"):
+        pair = get_key(cfg, key)
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair)
+                and 0 < pair[0] <= pair[1] <= 1):
+            raise ConfigError(f"'{key}' must be [low, high] with 0 < low <= high <= 1; got {pair!r}")
+
+
 def validate(cfg: dict) -> None:
+    _validate_ranges(cfg)
     for key, allowed in CHOICES.items():
         value = get_key(cfg, key)
         if value not in allowed:
