@@ -238,3 +238,34 @@ def test_a_failed_log_rewrite_keeps_the_whole_history(tmp_path, tiny_cfg, monkey
         pretrain(tiny_cfg("train.max_steps=6"), tmp_path)
     monkeypatch.undo()
     assert (tmp_path / "log.jsonl").read_text() == before  # before: half of it, in place
+
+
+def test_each_undecodable_file_counts_once(tmp_path, tiny_cfg):
+    """Two adjacent broken files over 3 epochs are 2 failures (before: each skip counted every
+    broken file it passed, every epoch: 9 here)."""
+    folder = _folder(tmp_path, 24, corrupt={4, 6})  # img004 and img006 sit next to each other in path order
+    cfg = tiny_cfg("data.name=null", f"data.path={folder}", "data.canvas_size=24", "data.max_fail_fraction=0.5",
+                   "train.epochs=3")
+    with pytest.warns(UserWarning):
+        pretrain(cfg, tmp_path / "run")
+    assert [r["failed_images"] for r in read_log(tmp_path / "run")][-1] == 2
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert len(state["failed_files"]) == 2
+
+
+def test_the_failure_fraction_is_judged_over_enough_files(tmp_path, tiny_cfg):
+    from PIL import Image
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    for i in range(1005):
+        (folder / f"{i:04d}.png").write_bytes((folder / "a.png").read_bytes())
+    trainer = Trainer(tiny_cfg("data.name=null", f"data.path={folder}", "data.canvas_size=8"), tmp_path / "run")
+    trainer.seen_images, trainer.failed_files = 104, {1, 2}
+    trainer._check_failures(end_of_epoch=False)  # 2 of 104 is 1.9 %, but 104 files say little (before: stopped)
+    trainer.seen_images, trainer.failed_files = 1006, set(range(10))
+    trainer._check_failures(end_of_epoch=True)  # 10 of 1006 files: below 1 %
+    trainer.failed_files = set(range(11))
+    with pytest.raises(RuntimeError, match="11 of 1006 images could not be decoded"):
+        trainer._check_failures(end_of_epoch=False)

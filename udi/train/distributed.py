@@ -58,6 +58,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_lists(items: list) -> list:
+    """The concatenation of every process's ``items`` (small lists of Python objects); the list
+    itself without a process group. Every process must call it."""
+    if dist.is_available() and dist.is_initialized():
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, items)
+        return [x for part in gathered for x in part]
+    return list(items)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -28,7 +28,7 @@ from udi.data.datasets import build_dataset
 from udi.io.checkpoint import (atomic_write, export_backbone, load_checkpoint, remove_stale_temporaries,
                                save_checkpoint)
 from udi.methods import build_method
-from udi.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from udi.train.distributed import DistInfo, all_gather_lists, all_reduce_mean, barrier, init_distributed
 from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
@@ -110,7 +110,7 @@ class Trainer:
         self.monitor = KnnMonitor(cfg, self.device) if train["eval_every"] and self.info.is_main else None
 
         self.step = 0  # optimiser steps done
-        self.failed_images = 0
+        self.failed_files: set[int] = set()  # data set indices of the distinct undecodable files met
         self.seen_images = 0
         self._resume()
 
@@ -133,6 +133,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "failed_images": self.failed_images,
+            "failed_files": sorted(self.failed_files),
             "seen_images": self.seen_images,
             "config": self.cfg,
         }
@@ -154,7 +155,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
-        self.failed_images = state["failed_images"]
+        self.failed_files = set(state.get("failed_files", []))
         self.seen_images = state["seen_images"]
 
     def save(self) -> None:
@@ -206,20 +207,35 @@ class Trainer:
         self.step += 1
         values = dict(zip(names, stats[:-1].tolist()))
         check_finite(values, self.step)
-        self.failed_images += round(stats[-1].item() * self.info.world_size)
+        if stats[-1].item() > 0:  # some process met undecodable files: which ones (each counted once)
+            self._record_failures(batch)
         self.seen_images += self.global_batch
-        end_of_epoch = self.step % self.steps_per_epoch == 0
-        self._check_failures(min_images=0 if end_of_epoch else 100)
+        self._check_failures(end_of_epoch=self.step % self.steps_per_epoch == 0)
         return {**values, **sched}
 
-    def _check_failures(self, min_images: int) -> None:
-        """Stop when more than ``data.max_fail_fraction`` of the images met could not be decoded
-        (judged after ``min_images``, and at every epoch end whatever the count)."""
-        total = self.seen_images + self.failed_images
+    @property
+    def failed_images(self) -> int:
+        """Distinct undecodable files met so far (over all processes)."""
+        return len(self.failed_files)
+
+    def _record_failures(self, batch: dict) -> None:
+        """An item whose ``failed`` > 0 stands in for the file it was asked for, (index - failed)
+        mod n, which could not be decoded (the files skipped on the way are other items' own)."""
+        failed = batch["failed"]
+        requested = (batch["index"][failed > 0] - failed[failed > 0]) % len(self.dataset)
+        self.failed_files.update(all_gather_lists(requested.tolist()))
+
+    def _check_failures(self, end_of_epoch: bool) -> None:
+        """Stop when more than ``data.max_fail_fraction`` of the files scanned could not be
+        decoded: judged once enough files were scanned for the fraction to mean something (at
+        least 10 / fraction of them, 1,000 for 1 %) or the whole data set was, and at each epoch end."""
+        size = len(self.dataset)
+        scanned = min(self.seen_images, size)  # each epoch asks for every file once
         limit = self.cfg["data"]["max_fail_fraction"]
-        if total >= min_images and self.failed_images > limit * total:
+        enough = scanned >= min(size, max(100, math.ceil(10 / limit) if limit > 0 else size))
+        if (enough or end_of_epoch) and self.failed_images > limit * scanned:
             raise RuntimeError(
-                f"{self.failed_images} of {total} images could not be decoded (more than {limit:.0%}): "
+                f"{self.failed_images} of {scanned} images could not be decoded (more than {limit:.0%}): "
                 f"check the data folder {self.cfg['data']['path']} (the warnings above name the files)"
             )
 
