@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -271,3 +272,21 @@ def test_build_dataset_errors(tmp_path):
         build_dataset("scenes", path=str(tmp_path))
     with pytest.raises(ValueError, match="split"):
         build_dataset("scenes", split="test")
+
+
+def test_a_symlink_loop_lists_each_file_once(tmp_path):
+    """Before: `loop -> .` made the list many times longer (6519 paths for 159 files)."""
+    for i in range(3):
+        _save(tmp_path / "a" / f"{i}.png")
+    os.symlink(".", tmp_path / "a" / "loop")
+    os.symlink(tmp_path / "a", tmp_path / "again")  # the same folder under a second name
+    paths = [p for p, _ in ImageFolderDataset(tmp_path, canvas_size=CANVAS).samples]
+    assert len(paths) == 3 and len({p.resolve() for p in paths}) == 3
+
+
+def test_only_regular_files_are_images(tmp_path):
+    """Before: a FIFO named like an image blocked the reader forever."""
+    _save(tmp_path / "good.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink(tmp_path / "missing.png", tmp_path / "dangling.png")
+    assert [p.name for p, _ in ImageFolderDataset(tmp_path, canvas_size=CANVAS).samples] == ["good.png"]

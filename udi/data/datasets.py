@@ -13,6 +13,7 @@ batches::
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -41,14 +42,35 @@ def _item(image: torch.Tensor, aspect: float, label: int, index: int, failed: in
     return {"image": image, "aspect": float(aspect), "label": int(label), "index": int(index), "failed": int(failed)}
 
 
+def _is_regular_file(path: str) -> bool:
+    """A regular file (or a symlink to one): a FIFO, socket or device named like an image would
+    block or fail the reader."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a dangling symlink
+        return False
+
+
 def _find_images(root: Path) -> list[Path]:
-    """Image files under ``root``, recursively, sorted; hidden files and folders skipped."""
+    """Image files under ``root``, recursively, sorted; hidden files and folders skipped.
+
+    Symlinked folders are followed, each real folder once (a link loop such as ``loop -> .``
+    would otherwise list the same files again and again); only regular files count."""
     found = []
+    visited: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         # Hidden entries are tool droppings (.ipynb_checkpoints, macOS ._x.jpg), not data.
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # Sorted: of two names for one folder, the first in name order is the one listed, on any file system.
+        dirs[:] = sorted(d for d in dirs
+                         if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in visited)
         found.extend(
-            Path(folder, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+            Path(folder, f) for f in files
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS) and _is_regular_file(os.path.join(folder, f))
         )
     return sorted(found)
 
