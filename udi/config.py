@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
         "scenes_num_images": None,  # None: 10000 train / 2000 val
         "num_workers": 2,
         "max_fail_fraction": 0.01,
+        # Folders: an image that would decode to more pixels (after JPEG's reduced decoding) is skipped
+        # and named like an undecodable one (PIL's limit; at most twice it, where PIL refuses).
+        "max_image_pixels": 89_478_485,
     },
     "model": {
         "arch": "vit_small",
@@ -257,7 +260,7 @@ RANGES = [
     ("optim.min_lr", False, 0, True, None), ("optim.warmup_epochs", True, 0, True, None),
     ("optim.weight_decay", False, 0, True, None), ("optim.weight_decay_end", False, 0, True, None),
     ("optim.clip_grad", False, 0, True, None), ("optim.freeze_last_layer", True, 0, True, None),
-    ("model.drop_path_rate", False, 0, True, 1),
+    ("model.drop_path_rate", False, 0, True, 1), ("data.max_image_pixels", True, 1, True, 2 * 89_478_485),
 ]
 
 

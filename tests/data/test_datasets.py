@@ -14,6 +14,7 @@ from udi.data.datasets import (
     ImageFolderDataset,
     build_dataset,
     builtin_split_indices,
+    load_image,
     num_classes,
 )
 from udi.data.scenes import ScenesDataset
@@ -290,3 +291,18 @@ def test_only_regular_files_are_images(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")
     os.symlink(tmp_path / "missing.png", tmp_path / "dangling.png")
     assert [p.name for p, _ in ImageFolderDataset(tmp_path, canvas_size=CANVAS).samples] == ["good.png"]
+
+
+def test_an_image_above_max_image_pixels_is_skipped_and_named(tmp_path):
+    """Before: a 144-Mpixel PNG was decoded in full (38 s, GBs) with only PIL's warning."""
+    _save(tmp_path / "a.png")
+    Image.new("RGB", (400, 300)).save(tmp_path / "b_big.png")
+    _save(tmp_path / "c.png")
+    ds = ImageFolderDataset(tmp_path, canvas_size=CANVAS, max_image_pixels=100_000)
+    with pytest.warns(UserWarning, match=r"b_big\.png .*400 x 300 pixels, more than data.max_image_pixels"):
+        item = ds[1]
+    assert item["failed"] == 1 and item["index"] == 2
+    jpeg = tmp_path / "d.jpg"
+    Image.new("RGB", (800, 800)).save(jpeg)  # 640,000 pixels, decoded at 1/4 scale for a 32-px canvas
+    image, _ = load_image(jpeg, 32, max_pixels=100_000)
+    assert image.shape == (3, 32, 32)

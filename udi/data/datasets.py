@@ -27,6 +27,7 @@ from udi.data.scenes import ScenesDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BUILTIN_DATASETS = ("scenes", "mnist5k", "digits")
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (its decompression-bomb warning)
 SPLITS = ("train", "val", "all")
 
 # Fixed seed of the built-in train/val splits, independent of the run's seed so
@@ -101,24 +102,38 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(path: str | Path, canvas_size: int) -> tuple[torch.Tensor, float]:
+class ImageTooLargeError(ValueError):
+    """An image whose decoded size exceeds ``data.max_image_pixels``."""
+
+
+def load_image(path: str | Path, canvas_size: int,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, float]:
     """Decode ``path`` into a square RGB canvas.
 
     The whole image (after its EXIF orientation) is resized with PIL's
     antialiased bicubic filter to ``canvas_size x canvas_size`` without
     preserving the aspect ratio; the ratio is returned instead, so that crops
-    can be sampled in original geometry.
+    can be sampled in original geometry. A JPEG is decoded at a reduced scale
+    (still at least the canvas); an image that would decode to more than
+    ``max_pixels`` pixels raises ``ImageTooLargeError`` before decoding (a
+    144-Mpixel PNG takes GBs and tens of seconds).
 
     Returns:
         image: uint8 tensor (3, canvas_size, canvas_size).
         aspect: original width / height.
     """
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        im = Image.open(path)
+    with im:
         w, h = im.size
         if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS:
             w, h = h, w
         # JPEG only: decode at a reduced scale that is still at least the canvas size.
         im.draft("RGB", (canvas_size, canvas_size))
+        if im.size[0] * im.size[1] > max_pixels:
+            raise ImageTooLargeError(f"{im.size[0]} x {im.size[1]} pixels, more than data.max_image_pixels "
+                                     f"= {max_pixels}")
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im).resize((canvas_size, canvas_size), Image.Resampling.BICUBIC)
         array = np.asarray(im, dtype=np.uint8)
@@ -149,7 +164,8 @@ class ImageFolderDataset(Dataset):
     workers and processes and stops when more than ``data.max_fail_fraction`` fail.
     """
 
-    def __init__(self, root: str | Path, canvas_size: int = 256, classes: list[str] | None = None):
+    def __init__(self, root: str | Path, canvas_size: int = 256, classes: list[str] | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
@@ -161,7 +177,7 @@ class ImageFolderDataset(Dataset):
                 f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root} "
                 "(expected image files, optionally in one subfolder per class)"
             )
-        self.canvas_size = canvas_size
+        self.canvas_size, self.max_image_pixels = canvas_size, max_image_pixels
         self.failed_paths: set[Path] = set()  # per process: each DataLoader worker has its own copy
 
         relative = [p.relative_to(self.root) for p in paths]
@@ -189,7 +205,7 @@ class ImageFolderDataset(Dataset):
             i = (index + skipped) % n
             path, label = self.samples[i]
             try:
-                image, aspect = load_image(path, self.canvas_size)
+                image, aspect = load_image(path, self.canvas_size, self.max_image_pixels)
             except Exception as err:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
                 self._record_failure(path, err)
                 continue
@@ -282,6 +298,7 @@ def build_dataset(
     path: str | None = None,
     split: str = "train",
     canvas_size: int = 256,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     scenes_size: int = 32,
     scenes_num_images: int | None = None,
     seed: int = 0,
@@ -306,7 +323,7 @@ def build_dataset(
         root = Path(path)
         if split != "all" and (root / split).is_dir():
             root = root / split
-        return ImageFolderDataset(root, canvas_size=canvas_size)
+        return ImageFolderDataset(root, canvas_size=canvas_size, max_image_pixels=max_image_pixels)
     if name == "scenes":
         return ScenesDataset(
             "train" if split == "all" else split, size=scenes_size, num_images=scenes_num_images, seed=seed

@@ -79,6 +79,7 @@ class Trainer:
             path=data["path"],
             split="train",
             canvas_size=data["canvas_size"],
+            max_image_pixels=data["max_image_pixels"],
             scenes_size=data["scenes_size"],
             scenes_num_images=data["scenes_num_images"],
             seed=train["seed"],
