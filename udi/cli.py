@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from udi.config import ConfigError, load_config, resolve_config_path
+from udi.train.stop import TrainingStopped
 
 console = Console(stderr=True)
 
@@ -418,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingStopped as stopped:
+        console.print(f"[yellow]stopped:[/yellow] {escape(str(stopped))}")
+        return 128 + stopped.signum if stopped.signum else 1
     except (ConfigError, OSError, ValueError, FloatingPointError) as error:  # OSError: a missing file, a full disk; FloatingPointError: a NaN loss
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2

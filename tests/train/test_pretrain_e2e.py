@@ -269,3 +269,27 @@ def test_the_failure_fraction_is_judged_over_enough_files(tmp_path, tiny_cfg):
     trainer.failed_files = set(range(11))
     with pytest.raises(RuntimeError, match="11 of 1006 images could not be decoded"):
         trainer._check_failures(end_of_epoch=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_checkpoints_the_current_step_then_resume_is_exact(tmp_path, signum):
+    """Before: SIGTERM (what schedulers send before a kill) lost up to checkpoint_every - 1 steps."""
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    args = ("train.max_steps=20", "train.checkpoint_every=100")  # no periodic checkpoint but at epoch ends
+    subprocess.run(_cli(full, *args), check=True, capture_output=True)
+    process = subprocess.Popen(_cli(stopped, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = stopped / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    step = torch.load(stopped / "checkpoint.pt", weights_only=True)["step"]
+    assert 3 <= step < 20
+    message = " ".join(err.split())
+    assert f"stopped by {signal.Signals(signum).name} after step {step} of 20" in message and "Traceback" not in err
+    subprocess.run(_cli(stopped, *args), check=True, capture_output=True)
+    assert_same_state(full, stopped)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 import warnings
 from contextlib import nullcontext
@@ -33,6 +34,7 @@ from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
 from udi.train.sampler import ResumableSampler
+from udi.train.stop import StopSignals, TrainingStopped, leave_stop_signals_to_the_main_process
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
@@ -113,6 +115,8 @@ class Trainer:
         self.step = 0  # optimiser steps done
         self.failed_files: set[int] = set()  # data set indices of the distinct undecodable files met
         self.seen_images = 0
+        self._stop = StopSignals()  # replaced by the active one during run()
+        self.stop_requested = False
         self._resume()
 
         self.model = self.student
@@ -203,8 +207,12 @@ class Trainer:
 
         # One small all-reduce: loss terms (mean over processes) and the data-failure count.
         names = [n for n in self.terms if n in terms]
-        stats = torch.stack([terms[n].detach().float() for n in names] + [batch["failed"].sum().float().to(self.device)])
+        # The last entry says whether some process was asked to stop (SIGTERM/SIGINT): all stop together.
+        stats = torch.stack([terms[n].detach().float() for n in names] + [batch["failed"].sum().float().to(self.device),
+                            torch.tensor(float(self._stop.signum is not None), device=self.device)])
         stats = all_reduce_mean(stats)
+        self.stop_requested = stats[-1].item() > 0
+        stats = stats[:-1]
         self.step += 1
         values = dict(zip(names, stats[:-1].tolist()))
         check_finite(values, self.step)
@@ -242,6 +250,10 @@ class Trainer:
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict:
+        with StopSignals() as self._stop:
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg["train"]
         max_steps = min(self.total_steps, cfg["max_steps"] or self.total_steps)
         if self.info.is_main:
@@ -258,6 +270,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
+            worker_init_fn=leave_stop_signals_to_the_main_process if self.cfg["data"]["num_workers"] else None,
         )
         progress = TrainProgress(max_steps, self.steps_per_epoch, enabled=cfg["progress"] and self.info.is_main)
         last: dict[str, float] = {}
@@ -281,8 +294,14 @@ class Trainer:
                         tick, images = time.perf_counter(), 0
                     progress.update(self.step, last, epoch)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
-                    if self.step % cfg["checkpoint_every"] == 0 or end_of_epoch or done:
+                    if self.step % cfg["checkpoint_every"] == 0 or end_of_epoch or done or self.stop_requested:
                         self.save()
+                    if self.stop_requested and not done:
+                        signum = self._stop.signum
+                        name = signal.Signals(signum).name if signum else "another process"
+                        raise TrainingStopped(
+                            f"stopped by {name} after step {self.step} of {max_steps}; checkpoint written to "
+                            f"{self.out_dir / CHECKPOINT}: run the same command to resume", signum)
                     if done:
                         break
         return {"step": self.step, **{k: v for k, v in last.items() if k in self.terms}}
