@@ -90,6 +90,16 @@ def test_interrupted_checkpoint_write_keeps_previous_and_resumes_exactly(tmp_pat
     assert_same_state(full, crashed)
 
 
+def wait_for_log_lines(run, n: int, timeout: float = 120) -> None:
+    """Until ``run``'s log.jsonl has ``n`` lines (the run is under way)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log = run / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+
+
 def _cli(out, *extra):
     return [sys.executable, "-m", "udi", "pretrain", "--out", str(out), *TINY, *extra]
 
@@ -99,12 +109,7 @@ def test_kill_minus_nine_then_resume_matches_uninterrupted(tmp_path):
     args = ("train.max_steps=14", "train.checkpoint_every=1")
     subprocess.run(_cli(full, *args), check=True, capture_output=True)
     process = subprocess.Popen(_cli(killed, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        log = killed / "log.jsonl"
-        if log.exists() and len(log.read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.02)
+    wait_for_log_lines(killed, 6)
     process.send_signal(signal.SIGKILL)  # no clean-up of any kind
     process.wait()
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < 14  # really interrupted
@@ -278,12 +283,7 @@ def test_sigterm_checkpoints_the_current_step_then_resume_is_exact(tmp_path, sig
     args = ("train.max_steps=20", "train.checkpoint_every=100")  # no periodic checkpoint but at epoch ends
     subprocess.run(_cli(full, *args), check=True, capture_output=True)
     process = subprocess.Popen(_cli(stopped, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        log = stopped / "log.jsonl"
-        if log.exists() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
+    wait_for_log_lines(stopped, 3)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err
