@@ -132,6 +132,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_every": 0,  # steps between online k-NN evaluations of the teacher (0: off); also at the last step
         "eval_data": None,  # their labelled data: a built-in name or a folder with train/ and val/ (None: data.name)
         "eval_images": 2000,  # images of each split used by the online k-NN (a fixed random subset)
+        "dist_timeout": 1800,  # seconds a process waits for the others (a hung rank) before it stops with an error
     },
     "eval": {
         "knn_k": [10, 20, 100, 200],
@@ -260,7 +261,7 @@ RANGES = [
     ("optim.min_lr", False, 0, True, None), ("optim.warmup_epochs", True, 0, True, None),
     ("optim.weight_decay", False, 0, True, None), ("optim.weight_decay_end", False, 0, True, None),
     ("optim.clip_grad", False, 0, True, None), ("optim.freeze_last_layer", True, 0, True, None),
-    ("model.drop_path_rate", False, 0, True, 1), ("data.max_image_pixels", True, 1, True, 2 * 89_478_485),
+    ("model.drop_path_rate", False, 0, True, 1), ("train.dist_timeout", False, 0, False, None), ("data.max_image_pixels", True, 1, True, 2 * 89_478_485),
 ]
 
 

@@ -80,3 +80,56 @@ def test_torchrun_cli_two_processes(tmp_path):
     log = [line for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2  # rank 0 logs alone
     assert '"step": 2' in result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as handle:
+            found += [int(c) for c in handle.read().split()]
+    return found
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker process of ``rank`` (its environment says RANK=rank)."""
+    for child in _children(launcher):
+        with open(f"/proc/{child}/environ", "rb") as handle:
+            if f"RANK={rank}".encode() in handle.read().split(b"\0"):
+                return child
+    raise AssertionError(f"no rank {rank} under {launcher}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc to find the ranks")
+def test_a_hung_rank_ends_the_run_after_dist_timeout_and_it_resumes_exactly(tmp_path):
+    """Before: the survivor waited silently for the 30-minute default."""
+    import signal
+    import time
+
+    from .test_pretrain_e2e import assert_same_state, wait_for_log_lines
+
+    def launch(out, *extra):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                   str(free_port()), "-m", "udi", "pretrain", "--out", str(out), *TINY, "train.max_steps=12",
+                   "train.checkpoint_every=1", "train.dist_timeout=4", *extra]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    full, hung = tmp_path / "full", tmp_path / "hung"
+    assert launch(full).wait(timeout=300) == 0
+    launcher = launch(hung)
+    wait_for_log_lines(hung, 3)
+    survivor, stuck = _rank_pid(launcher.pid, 0), _rank_pid(launcher.pid, 1)
+    os.kill(stuck, signal.SIGSTOP)
+    start = time.time()
+    while os.path.exists(f"/proc/{survivor}") and time.time() - start < 120:
+        with open(f"/proc/{survivor}/stat") as handle:
+            if handle.read().split(") ")[1].startswith("Z"):  # exited, not yet reaped
+                break
+        time.sleep(0.1)
+    waited = time.time() - start
+    os.kill(stuck, signal.SIGKILL)  # torchrun would wait 30 s before it does
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and waited < 60
+    assert "got no answer from the others for 4 s (train.dist_timeout)" in " ".join(err.split())
+    assert launch(hung).wait(timeout=300) == 0
+    assert_same_state(full, hung)

@@ -35,8 +35,13 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; starts the process group when world > 1."""
+class DistributedTimeout(TimeoutError):
+    """A collective got no answer from some process within ``train.dist_timeout`` seconds."""
+
+
+def init_distributed(device_preference: str = "auto", timeout_s: float = 1800) -> DistInfo:
+    """Reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; starts the process group when world > 1.
+    ``timeout_s``: how long a collective waits for the other processes (``train.dist_timeout``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -45,7 +50,7 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, world_size, local_rank, device)
 
 

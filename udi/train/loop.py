@@ -29,7 +29,7 @@ from udi.data.datasets import build_dataset
 from udi.io.checkpoint import (atomic_write, export_backbone, load_checkpoint, remove_stale_temporaries,
                                save_checkpoint)
 from udi.methods import build_method
-from udi.train.distributed import DistInfo, all_gather_lists, all_reduce_mean, barrier, init_distributed
+from udi.train.distributed import DistInfo, DistributedTimeout, all_gather_lists, all_reduce_mean, barrier, init_distributed
 from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
@@ -72,7 +72,7 @@ class Trainer:
     def __init__(self, cfg: dict, out_dir: str | Path, info: DistInfo | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.info = info or init_distributed(cfg["train"]["device"])
+        self.info = info or init_distributed(cfg["train"]["device"], cfg["train"]["dist_timeout"])
         self.device = self.info.device
         train = cfg["train"]
         data = cfg["data"]
@@ -251,7 +251,17 @@ class Trainer:
     # ------------------------------------------------------------------- run
     def run(self) -> dict:
         with StopSignals() as self._stop:
-            return self._run()
+            try:
+                return self._run()
+            except RuntimeError as error:  # gloo: "Timed out waiting ...", nccl: "Watchdog ... timeout"
+                text = str(error)
+                if self.info.world_size > 1 and ("Timed out" in text or "timeout" in text.lower()):
+                    timeout = self.cfg["train"]["dist_timeout"]
+                    raise DistributedTimeout(
+                        f"process {self.info.rank} got no answer from the others for {timeout:g} s "
+                        f"(train.dist_timeout): one of them hangs or died at step {self.step + 1}; the last "
+                        f"checkpoint in {self.out_dir} is intact, resume with the same command") from error
+                raise
 
     def _run(self) -> dict:
         cfg = self.cfg["train"]
