@@ -171,7 +171,8 @@ def cmd_demo(args) -> int:
     # k-NN is cheap: show it beyond [cls] too ([cls+] of UDI, the mean patch token).
     knn_features = ["cls"] + (["cls+"] if teacher.n_cls >= 2 else []) + ["patch_mean"]
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
-                        _device(cfg["train"]["device"]), options, features={"knn": knn_features})
+                        _device(cfg["train"]["device"]), options,
+                        features={"knn": knn_features, "richness": knn_features})  # cls_cat: no richness (time)
     from udi.eval.baselines import verdicts
 
     console.print("[bold]the trained teacher against its baselines[/bold] (same protocols, same images):")
