@@ -27,8 +27,9 @@ def test_every_protocol_end_to_end_on_scenes(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--weights", str(weights), "--data", "scenes", "--out", str(out), *FAST]) == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(results) == {"seconds", "chance", "knn", "linear", "lowshot", "selagg", "layers", "dense", "richness",
-                            "attnstats"}
+    assert set(results) == {"seconds", "images", "chance", "knn", "linear", "lowshot", "selagg", "layers", "dense",
+                            "richness", "attnstats"}
+    assert results["images"]["attnstats"] == {"train": 0, "val": 300} and results["images"]["knn"]["train"] == 300
     assert set(results["chance"]) == {"label", "present", "color", "position", "count", "background"}
     assert all(0 < v < 100 for v in results["chance"].values())
     assert set(results["knn"]) == {"cls"} and set(results["linear"]) == {"last2"}  # the papers' defaults
