@@ -23,8 +23,8 @@ from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_datase
 from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
 from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
                                parse_feature)
-from udi.io.checkpoint import atomic_write
 from udi.eval.subsets import dataset_labels, stratified_indices, stratified_subset
+from udi.io.checkpoint import atomic_write
 from udi.models.vit import VisionTransformer
 
 PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
@@ -70,11 +70,12 @@ def labelled_folder_splits(root: Path, canvas_size: int) -> tuple[ImageFolderDat
     folders by name, so that a label means the same class in both splits. A val class that
     train lacks keeps its own label, which no train image has: its images count as errors."""
     splits = {name: root / name for name in ("train", "val")}
+    found = {name: folder_classes(folder) for name, folder in splits.items()}
     for name, folder in splits.items():
-        if not folder_classes(folder):
+        if not found[name]:
             raise ValueError(f"{folder} has no class subfolders: evaluation needs labelled images "
                              f"({folder}/<class>/<image>)")
-    train_classes, val_classes = folder_classes(splits["train"]), folder_classes(splits["val"])
+    train_classes, val_classes = found["train"], found["val"]
     classes = sorted(set(train_classes) | set(val_classes))
     unseen = sorted(set(val_classes) - set(train_classes))
     if unseen:
@@ -191,7 +192,6 @@ class FeatureCache:
             description=f"{split} features",
             token_rows=self._token_rows() if split == "train" else None,
         )
-
 
     def _token_rows(self) -> list[int] | None:
         """Train items whose patch tokens are kept: ``max_token_images`` of them, class-stratified."""

@@ -210,13 +210,12 @@ class Trainer:
         # The last entry says whether some process was asked to stop (SIGTERM/SIGINT): all stop together.
         stats = torch.stack([terms[n].detach().float() for n in names] + [batch["failed"].sum().float().to(self.device),
                             torch.tensor(float(self._stop.signum is not None), device=self.device)])
-        stats = all_reduce_mean(stats)
-        self.stop_requested = stats[-1].item() > 0
-        stats = stats[:-1]
+        *term_values, failed, stop = all_reduce_mean(stats).tolist()
+        self.stop_requested = stop > 0
         self.step += 1
-        values = dict(zip(names, stats[:-1].tolist()))
+        values = dict(zip(names, term_values))
         check_finite(values, self.step)
-        if stats[-1].item() > 0:  # some process met undecodable files: which ones (each counted once)
+        if failed > 0:  # some process met undecodable files: which ones (each counted once)
             self._record_failures(batch)
         self.seen_images += self.global_batch
         self._check_failures(end_of_epoch=self.step % self.steps_per_epoch == 0)
