@@ -5,7 +5,10 @@ the extra token and the patch level off; Bootleg: `bootleg_cpu_demo` with the re
 epochs, batch size and optimiser length) for every seed, with the online k-NN of the teacher
 (`train.eval_every`) on. Then every teacher, the random initialisation (step 0 of seed 0 of
 each method) and raw pixels go through the same protocols on `scenes` ([cls] and the mean
-patch token). Written to `--out`:
+patch token). With `--jobs N`, N runs train at once, each in its own process with the cores
+shared out. Interrupted, the script picks up where it was: a run resumes from its checkpoint,
+and finished runs and evaluations are read back from `OUT/eval/NAME/results.json`. Written to
+`--out`:
 
 - `learning_curves.md`: one table, mean +- std over seeds per method, with the baseline and
   chance rows (raw pixels: k-NN, linear and low-shot only), the number of seeds and images;
@@ -16,27 +19,36 @@ With `--benchmarks BENCHMARKS.md` the table and the PNG link replace the block b
 `<!-- learning_curves:start -->` and `<!-- learning_curves:end -->` of that file.
 
     .venv/bin/python benchmarks/learning_curves.py [--config udi_cpu_recipe] [--seeds 0,1,2]
-        [--methods udi,dino,bootleg] [--out runs/learning_curves] [--benchmarks BENCHMARKS.md] [KEY=VALUE ...]
+        [--methods udi,dino,bootleg] [--jobs 2] [--out runs/learning_curves] [--benchmarks BENCHMARKS.md] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import torch
 
 from matplotlib.figure import Figure
 
 from udi.config import load_config, resolve_config_path
 from udi.eval.baselines import CHANCE, RANDOM_INIT, pixel_baselines, random_init
 from udi.eval.suite import SuiteOptions, comparison_rows, run_suite
+from udi.io.checkpoint import atomic_write
 from udi.models.pretrained import load_backbone
 from udi.train.loop import pretrain
 from udi.viz.curves import read_log
 
 MARK_START, MARK_END = "<!-- learning_curves:start -->", "<!-- learning_curves:end -->"
+FEATURES = ["cls", "patch_mean"]
+OPTIONS = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=False)
 
 
 def method_config(recipe: str, method: str, seed: int, overrides: list[str]) -> dict:
@@ -84,6 +96,88 @@ def markdown(rows: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+RESULTS, TIMINGS = "results.json", "timings.jsonl"
+
+
+def run_one(args: argparse.Namespace, method: str, seed: int) -> None:
+    """Pretrain one (method, seed) (resuming its checkpoint if an earlier call was cut off), then
+    evaluate its teacher; the results go to ``OUT/eval/NAME/results.json``, the training time of
+    this call to ``OUT/timings.jsonl`` (one line per call, so a resumed run's time adds up)."""
+    out, name = Path(args.out), f"{method}_seed{seed}"
+    cfg = method_config(args.config, method, seed, args.overrides)
+    log = out / name / "log.jsonl"
+    first_step = read_log(log)[-1]["step"] if log.is_file() and log.stat().st_size else 0
+    tick, cpu_tick = time.perf_counter(), time.process_time()
+    try:
+        pretrain(cfg, out / name)
+    finally:  # also when stopped (SIGTERM: the loop checkpoints first), so that a resumed run's time adds up
+        timing = {"run": name, "from_step": first_step, "to_step": read_log(log)[-1]["step"] if log.is_file() else 0,
+                  "seconds": round(time.perf_counter() - tick, 1), "threads": torch.get_num_threads(),
+                  "cpu_seconds": round(time.process_time() - cpu_tick, 1)}
+        with open(out / TIMINGS, "a") as file:
+            file.write(json.dumps(timing) + "\n")
+    results = run_suite(load_backbone(out / name), "scenes", args.protocols.split(","), FEATURES,
+                        out / "eval" / name, options=OPTIONS)
+    atomic_write(out / "eval" / name / RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(results)))
+
+
+def run_all(args: argparse.Namespace, jobs: list[tuple[str, int]]) -> None:
+    """Run ``jobs`` (method, seed) as subprocesses, ``args.jobs`` at a time, the cores shared out
+    between them; each one's output goes to ``OUT/NAME.log``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    waiting, running, failed = list(jobs), {}, []
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        _schedule(args, out, env, threads, waiting, running, failed)
+    finally:  # stopped (Ctrl-C, SIGTERM): each run checkpoints at its step and the next call resumes it
+        for process in running.values():
+            process.terminate()
+        for process in running.values():
+            process.wait()
+    if failed:
+        raise SystemExit(f"failed: {failed} (see their .log files in {out})")
+
+
+def _schedule(args, out, env, threads, waiting, running, failed) -> None:
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            method, seed = waiting.pop(0)
+            command = [sys.executable, __file__, "--one", f"{method}:{seed}", "--config", args.config,
+                       "--protocols", args.protocols, "--out", args.out, *args.overrides]
+            with open(out / f"{method}_seed{seed}.log", "a") as log:
+                running[(method, seed)] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            print(f"started {method} seed {seed} ({threads} threads): log in {out / f'{method}_seed{seed}.log'}",
+                  flush=True)
+        time.sleep(2)
+        for job, process in list(running.items()):
+            if process.poll() is not None:
+                del running[job]
+                print(f"finished {job[0]} seed {job[1]}: exit {process.returncode}", flush=True)
+                if process.returncode:
+                    failed.append(job)
+
+
+def train_seconds(out: Path) -> dict[str, str]:
+    """Training time per run from ``timings.jsonl`` (wall and process CPU time; the parts of a
+    run that was cut off and resumed add up, the steps redone after the last checkpoint included)."""
+    calls: dict[str, list[dict]] = {}
+    if (out / TIMINGS).is_file():
+        for line in (out / TIMINGS).read_text().splitlines():
+            record = json.loads(line)
+            calls.setdefault(record["run"], []).append(record)
+    seconds = {}
+    for name, records in calls.items():
+        done = records
+        wall, cpu = sum(r["seconds"] for r in done), sum(r.get("cpu_seconds", 0) for r in done)
+        threads = sorted({r["threads"] for r in done})
+        seconds[name] = (f"{wall:.0f} s wall, {cpu:.0f} s CPU on {'/'.join(map(str, threads))} thread(s)"
+                         + (f", in {len(done)} parts" if len(done) > 1 else ""))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="udi_cpu_recipe", help="the UDI recipe (DINO: the same, method=dino)")
@@ -91,35 +185,34 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--protocols", default="knn,linear,lowshot,dense,richness")
     parser.add_argument("--out", default="runs/learning_curves")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (the cores are shared out)")
     parser.add_argument("--benchmarks", help="a markdown file whose learning_curves block is replaced")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # METHOD:SEED, the work of one subprocess
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
+    if args.one:
+        method, seed = args.one.split(":")
+        return run_one(args, method, int(seed))
     out, seeds, methods = Path(args.out), [int(s) for s in args.seeds.split(",")], args.methods.split(",")
-    protocols, features = args.protocols.split(","), ["cls", "patch_mean"]
-    options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=False)
+    protocols = args.protocols.split(",")
+    names = {(m, s): f"{m}_seed{s}" for m in methods for s in seeds}
+    run_all(args, [job for job, name in names.items() if not (out / "eval" / name / RESULTS).is_file()])
+    results = {job: json.loads((out / "eval" / name / RESULTS).read_text()) for job, name in names.items()}
+    logs = {m: [read_log(out / names[(m, s)] / "log.jsonl") for s in seeds] for m in methods}
 
-    results, logs, seconds = {}, {}, {}
-    for method in methods:
-        logs[method] = []
-        for seed in seeds:
-            cfg = method_config(args.config, method, seed, args.overrides)
-            run = out / f"{method}_seed{seed}"
-            tick = time.perf_counter()
-            pretrain(cfg, run)
-            seconds[f"{method} seed {seed}"] = round(time.perf_counter() - tick, 1)
-            logs[method].append(read_log(run / "log.jsonl"))
-            results[(method, seed)] = run_suite(load_backbone(run), "scenes", protocols, features,
-                                                out / "eval" / run.name, options=options)
     references = {}
     for method in methods:
         cfg = method_config(args.config, method, seeds[0], args.overrides)
-        references[f"{RANDOM_INIT} ({method})"] = random_init(load_backbone(out / f"{method}_seed{seeds[0]}"), cfg)
+        references[f"{RANDOM_INIT} ({method})"] = random_init(load_backbone(out / names[(method, seeds[0])]), cfg)
     # Pixel rows without richness: its probes on 3 x 32 x 32 values take many minutes.
-    references.update(pixel_baselines(load_backbone(out / f"{methods[0]}_seed{seeds[0]}"),
+    references.update(pixel_baselines(load_backbone(out / names[(methods[0], seeds[0])]),
                                       tuple(p for p in ("knn", "linear", "lowshot") if p in protocols)))
     for name, backbone in references.items():
-        results[(name, None)] = run_suite(backbone, "scenes", protocols, features, out / "eval" / name.replace(" ", "_"),
-                                          options=options)
+        folder = out / "eval" / name.replace(" ", "_").replace("(", "").replace(")", "")
+        if not (folder / RESULTS).is_file():  # (the runs' results are read back the same way: as JSON)
+            result = run_suite(backbone, "scenes", protocols, FEATURES, folder, options=OPTIONS)
+            atomic_write(folder / RESULTS, lambda tmp: Path(tmp).write_text(json.dumps(result)))
+        results[(name, None)] = json.loads((folder / RESULTS).read_text())
 
     flat = comparison_rows({f"{m} seed {s}" if s is not None else m: r for (m, s), r in results.items()})
     table: dict[str, dict[str, str]] = {}
@@ -132,7 +225,7 @@ def main() -> None:
     steps = {m: logs[m][0][-1]["step"] for m in methods}
     header = (f"`benchmarks/learning_curves.py --config {args.config} --seeds {args.seeds} "
               f"{' '.join(args.overrides)}`: scenes, 10,000 train / 2,000 val images, "
-              f"steps {steps}, seconds per run {seconds}.\n\n")
+              f"steps {steps}, training time per run {train_seconds(out)}.\n\n")
     out.mkdir(parents=True, exist_ok=True)
     figure = curves_figure(logs)
     figure.savefig(out / "learning_curves.png")
@@ -143,7 +236,7 @@ def main() -> None:
     text = header + markdown(table) + f"\n![online k-NN against step]({png})\n"
     (out / "learning_curves.md").write_text(text)
     (out / "learning_curves.json").write_text(json.dumps(
-        {"table": table, "seconds": seconds, "results": {f"{m} {s}": r for (m, s), r in results.items()}}, indent=2))
+        {"table": table, "seconds": train_seconds(out), "results": {f"{m} {s}": r for (m, s), r in results.items()}}, indent=2))
     if args.benchmarks:
         path = Path(args.benchmarks)
         page = path.read_text()
