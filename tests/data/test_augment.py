@@ -136,3 +136,95 @@ def test_at_strength_scales_the_colour_recipe_and_keeps_the_draws():
     assert torch.equal(g1.get_state(), g2.get_state())  # as many draws at any strength: runs stay exact
     with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
         full.at_strength(1.5)
+
+
+def _reference_photometric(aug: Photometric, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The recipe as first written: every operation on the whole batch, selected per sample with
+    a mask, hue with kornia's RGB -> HSV -> RGB (the same draws, in the same order)."""
+    import math
+
+    from kornia.color import rgb_to_grayscale
+    from kornia.enhance import adjust_hue
+    from kornia.filters import gaussian_blur2d
+
+    b = x.shape[0]
+
+    def uniform(lo, hi):
+        return torch.rand(b, generator=generator) * (hi - lo) + lo
+
+    def each(mask):
+        return mask.view(-1, 1, 1, 1)
+
+    br, co, sa, hu = aug.jitter
+    factors = [uniform(1 - br, 1 + br), uniform(1 - co, 1 + co), uniform(1 - sa, 1 + sa), uniform(-hu, hu)]
+    order = torch.randperm(4, generator=generator).tolist()
+    do_jitter = torch.rand(b, generator=generator) < aug.jitter_p
+    do_gray = torch.rand(b, generator=generator) < aug.gray_p
+    blur_branch = torch.rand(b, generator=generator) < 0.5
+    blur_p = torch.where(torch.rand(b, generator=generator) < 0.5, 1.0, 0.5)
+    u_blur = torch.rand(b, generator=generator)
+    do_blur = torch.where(blur_branch, u_blur < blur_p, u_blur < 0.1)
+    do_solarize = ~blur_branch & (torch.rand(b, generator=generator) < aug.solarize_p)
+    sigma = uniform(*aug.blur_sigma)
+
+    def contrast(y, f):  # torchvision's definition: blend with the mean grey level
+        mean = rgb_to_grayscale(y).mean(dim=(1, 2, 3), keepdim=True)
+        return (each(f) * y + (1 - each(f)) * mean).clamp(0, 1)
+
+    ops = (lambda y, f: (y * each(f)).clamp(0, 1), contrast,
+           lambda y, f: (each(f) * y + (1 - each(f)) * rgb_to_grayscale(y)).clamp(0, 1),
+           lambda y, f: adjust_hue(y, f * 2 * math.pi).clamp(0, 1))
+    y = x
+    for i in order:
+        y = ops[i](y, factors[i])
+    x = torch.where(each(do_jitter), y, x)
+    x = torch.where(each(do_gray), rgb_to_grayscale(x).expand_as(x), x)
+    k = aug._kernel_size(x.shape[-2], x.shape[-1])
+    x = torch.where(each(do_blur), gaussian_blur2d(x, k, sigma[:, None].expand(-1, 2)), x)
+    return torch.where(each(do_solarize) & (x >= 0.5), 1.0 - x, x)
+
+
+@pytest.mark.parametrize("side", [8, 32, 96])
+@pytest.mark.parametrize("recipe", [
+    {}, {"jitter": (0.4, 0.4, 0.2, 0.5), "jitter_p": 1.0}, {"jitter_p": 0.3, "gray_p": 0.6, "solarize_p": 0.9},
+])
+def test_photometric_equals_the_whole_batch_formulation(side, recipe):
+    # Each op on only the samples that drew it (in chunks) gives, draw for draw, the same images.
+    aug = Photometric(**recipe)
+    x = torch.rand(37, 3, side, side, generator=gen(side))
+    x[0] = 0.5  # a gray image and a saturated one: the hue formula's edge cases
+    x[1, 1:] = 0.0
+    g1, g2 = gen(11), gen(11)
+    out, ref = aug(x, g1), _reference_photometric(aug, x, g2)
+    assert torch.allclose(out, ref, atol=2e-5), (out - ref).abs().max()
+    assert torch.equal(g1.get_state(), g2.get_state())
+    assert torch.equal(x[0], torch.full_like(x[0], 0.5))  # the input is not modified
+
+
+def test_photometric_per_op_rates():
+    # The per-sample probabilities of the recipe: jitter 0.8, gray 0.2, blur 0.5 * (1 + 0.5) / 2 + 0.5 * 0.1,
+    # solarise 0.5 * 0.2; each op alone (the others off) shows its own rate.
+    x = torch.rand(4000, 3, 6, 6, generator=gen())
+    base = {"jitter_p": 0.0, "gray_p": 0.0, "solarize_p": 0.0, "blur_sigma": (1.0, 1.0)}
+
+    def changed(**recipe):
+        return ((Photometric(**{**base, **recipe})(x, gen(5)) - x).abs().flatten(1).amax(1) > 1e-6).float().mean().item()
+
+    assert abs(changed(jitter_p=0.8, blur_sigma=(1e-4, 1e-4)) - 0.8) < 0.03
+    assert abs(changed(gray_p=0.2, blur_sigma=(1e-4, 1e-4)) - 0.2) < 0.03
+    assert abs(changed() - 0.425) < 0.03
+    only_solarise = Photometric(**{**base, "solarize_p": 1.0, "blur_sigma": (1e-4, 1e-4)})(x, gen(5))
+    assert abs(((only_solarise - x).abs().flatten(1).amax(1) > 1e-6).float().mean().item() - 0.5) < 0.03
+
+
+def test_hue_matches_kornia():
+    import math
+
+    from kornia.enhance import adjust_hue
+
+    from udi.data.augment import _hue
+
+    x = torch.rand(40, 3, 9, 9, generator=gen(2))
+    x[:10] = (x[:10] * 4).round() / 4  # ties between channels and gray pixels
+    f = torch.rand(40, generator=gen(3)) - 0.5
+    assert torch.allclose(_hue(x, f), adjust_hue(x, f * 2 * math.pi).clamp(0, 1), atol=1e-5)
