@@ -32,7 +32,20 @@ def test_dino_loss_hand_computed_two_views():
     assert loss.center[0].tolist() == pytest.approx([0.05, 0.1])
 
 
+def local_mean(points, valid):
+    """(..., Sl, K), (..., Sl) -> (..., K): what the teacher hands over for the local views, the
+    valid-weighted mean of their per-point patch logits (zeros where none is valid)."""
+    w = valid.float()
+    return (w.unsqueeze(-1) * points).sum(-2) / w.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def random_inputs(batch=3, n_local=2, sg=4, sl=3, k=5, seed=0):
+    """student, teacher, valid_global, valid_local."""
+    return random_inputs_with_points(batch, n_local, sg, sl, k, seed)[:4]
+
+
+def random_inputs_with_points(batch=3, n_local=2, sg=4, sl=3, k=5, seed=0):
+    """``random_inputs`` and the per-point local logits (L, 2, B, Sl, K) behind ``patch_local_mean``."""
     g = torch.Generator().manual_seed(seed)
     views = 2 + n_local
     student = StudentLogits(
@@ -40,15 +53,16 @@ def random_inputs(batch=3, n_local=2, sg=4, sl=3, k=5, seed=0):
         cls_plus=torch.randn(views * batch, k, generator=g),
         patch=torch.randn(2, batch, sg, k, generator=g),
     )
-    teacher = TeacherLogits(
-        cls=torch.randn(2 * batch, k, generator=g),
-        patch_global=torch.randn(2, batch, sg, k, generator=g),
-        patch_local=torch.randn(n_local, 2, batch, sl, k, generator=g),
-    )
+    t_cls = torch.randn(2 * batch, k, generator=g)
+    patch_global = torch.randn(2, batch, sg, k, generator=g)
+    points = torch.randn(n_local, 2, batch, sl, k, generator=g)
     valid_global = torch.rand(2, batch, sg, generator=g) > 0.4
     valid_local = torch.rand(n_local, 2, batch, sl, generator=g) > 0.4
     valid_global[0, 0] = False  # an image with no valid point: [cls+] target falls back to [cls]
-    return student, teacher, valid_global, valid_local
+    if n_local:
+        valid_local[0, 1, 0] = False  # the same for a local view against one teacher view
+    teacher = TeacherLogits(cls=t_cls, patch_global=patch_global, patch_local_mean=local_mean(points, valid_local))
+    return student, teacher, valid_global, valid_local, points
 
 
 def test_udi_without_extra_token_and_patch_level_equals_dino():
@@ -64,8 +78,9 @@ def test_udi_without_extra_token_and_patch_level_equals_dino():
         teacher.cls = teacher.cls + 0.3 * step
 
 
-def reference_udi(student, teacher, vg, vl, n_local, alpha, temp_t, temp_s=0.1):
-    """Direct loops over views, images and points (no vectorisation), centres all zero."""
+def reference_udi(student, teacher, points, vg, vl, n_local, alpha, temp_t, temp_s=0.1):
+    """Direct loops over views, images and points (no vectorisation), centres all zero;
+    the local views' targets from their per-point logits ``points`` (L, 2, B, Sl, K)."""
     batch = teacher.cls.shape[0] // 2
     views = 2 + n_local
     t_cls = teacher.cls.view(2, batch, -1)
@@ -91,7 +106,7 @@ def reference_udi(student, teacher, vg, vl, n_local, alpha, temp_t, temp_s=0.1):
                 if u < 2:
                     target = blend(teacher.patch_global[u, b], vg[u, b], t_cls[v, b])
                 else:
-                    target = blend(teacher.patch_local[u - 2, v, b], vl[u - 2, v, b], t_cls[v, b])
+                    target = blend(points[u - 2, v, b], vl[u - 2, v, b], t_cls[v, b])
                 levels["cls_plus"][part].append(h(target, s_plus[u, b]))
     out = {}
     for name, (glob, loc) in levels.items():
@@ -108,12 +123,25 @@ def reference_udi(student, teacher, vg, vl, n_local, alpha, temp_t, temp_s=0.1):
 
 @pytest.mark.parametrize("alpha", [0.5, 0.0, 1.0])
 def test_udi_terms_match_loop_reference(alpha):
-    student, teacher, vg, vl = random_inputs()
+    student, teacher, vg, vl, points = random_inputs_with_points()
     loss = UDILoss(out_dim=5, n_local=2, alpha=alpha)
     got = loss(student, teacher, vg, vl, teacher_temp=0.07)
-    want = reference_udi(student, teacher, vg, vl, n_local=2, alpha=alpha, temp_t=0.07)
+    want = reference_udi(student, teacher, points, vg, vl, n_local=2, alpha=alpha, temp_t=0.07)
     for name in ("cls", "cls_plus", "patch", "loss"):
         assert got[name].item() == pytest.approx(want[name], rel=1e-5), name
+
+
+def test_patch_centre_from_local_means_equals_centre_over_every_valid_point():
+    # The teacher hands over only the local views' means; the patch centre must still be the
+    # mean over every valid per-point row, global and local (count * mean = sum of the rows).
+    student, teacher, vg, vl, points = random_inputs_with_points(k=64)
+    loss = UDILoss(out_dim=64, n_local=2)
+    loss.center_patch.normal_(generator=torch.Generator().manual_seed(1))
+    expected = loss.center_patch.clone()
+    update_center(expected, torch.cat([teacher.patch_global.flatten(0, -2), points.flatten(0, -2)]), 0.9,
+                  torch.cat([vg.flatten(), vl.flatten()]))
+    loss(student, teacher, vg, vl, teacher_temp=0.07)
+    torch.testing.assert_close(loss.center_patch, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_udi_cls_plus_hand_computed_blend():
@@ -124,7 +152,7 @@ def test_udi_cls_plus_hand_computed_blend():
     teacher = TeacherLogits(
         cls=torch.tensor([[0.0, 0.0], [2.0, 0.0]]),
         patch_global=torch.tensor([[[[0.0, 1.0], [9.0, 9.0]]], [[[0.0, 0.0], [0.0, 0.0]]]]),
-        patch_local=None,
+        patch_local_mean=None,
     )
     valid = torch.tensor([[[True, False]], [[False, False]]])  # view 1: no valid point -> cls alone
     loss = UDILoss(out_dim=2, n_local=0, alpha=0.5)

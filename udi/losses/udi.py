@@ -7,6 +7,10 @@ view-major (rows [vB:(v+1)B] are view v; views 0 and 1 are the global views).
 - cls:   H(P_t(cls of v'), P_s(cls of u)) for every student view u and teacher global view v' != u.
 - cls+:  H(P_t(t+(u, v')), P_s(cls+ of u)) with the multimodal target, blended in logit space,
          ``t+ = alpha * mean_valid_i T_patch(v', point i of u) + (1 - alpha) * T_cls(v')``.
+         For local views u the teacher hands over that mean already taken (``patch_local_mean``):
+         only it and the validity counts enter the loss and the patch centre, never the
+         per-point logits (the network takes it in the head's bottleneck, before the K-wide
+         linear last layer, see ``UDINetwork.forward_teacher``).
 - patch: H(P_t(T_patch(v', i)), P_s(SRS_student(u, i))) over valid points, global student views only.
 
 Each level is ``(2 * global_part + 2L * local_part) / (2 + 2L)``; the total is the mean of
@@ -35,7 +39,9 @@ class StudentLogits:
 class TeacherLogits:
     cls: torch.Tensor  # (2*B, K)
     patch_global: torch.Tensor | None = None  # (2, B, Sg, K): [u] = at points of student view u, read on teacher view 1-u
-    patch_local: torch.Tensor | None = None  # (L, 2, B, Sl, K): [j, v] = at points of local j, read on teacher view v
+    # (L, 2, B, K): [j, v, b] = mean over the valid points i of local j of T_patch(v, point i),
+    # the teacher's patch logits on view v at local j's points (zeros where no point is valid)
+    patch_local_mean: torch.Tensor | None = None
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -134,7 +140,7 @@ class UDILoss(nn.Module):
             blend_l = None
             if self.n_local:
                 t_cls_l = t_cls.unsqueeze(0)  # (1, 2, B, K)
-                blend_l = self.alpha * _weighted_mean(teacher.patch_local, valid_local) + (1 - self.alpha) * t_cls_l
+                blend_l = self.alpha * teacher.patch_local_mean.float() + (1 - self.alpha) * t_cls_l
                 blend_l = torch.where(valid_local.any(-1, keepdim=True), blend_l, t_cls_l)
             s_plus = student.cls_plus.unflatten(0, (n_views, -1))
             if self.centering == "sinkhorn":  # one balance over every blended target (as one centre covers them)
@@ -169,9 +175,9 @@ class UDILoss(nn.Module):
         if self.needs_teacher_patches:
             patches = [teacher.patch_global.flatten(0, -2)]
             weights = [valid_global.flatten()]
-            if self.n_local:
-                patches.append(teacher.patch_local.flatten(0, -2))
-                weights.append(valid_local.flatten())
+            if self.n_local:  # sum over a local's valid points of T = count * their mean
+                patches.append(teacher.patch_local_mean.flatten(0, -2))
+                weights.append(valid_local.sum(-1).flatten())
             update_center(self.center_patch, torch.cat(patches), self.center_momentum, torch.cat(weights))
 
     def _level(self, global_probs: torch.Tensor, local_probs: torch.Tensor | None, student: torch.Tensor) -> torch.Tensor:

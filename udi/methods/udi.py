@@ -142,6 +142,7 @@ class UDIMethod(Method):
                 views.globals_,
                 views.map_global if patches else None,
                 views.map_local if patches and has_locals else None,
+                views.valid_local if patches and has_locals else None,
             )
         select = None
         if loss_fn.patch_level:

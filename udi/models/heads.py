@@ -45,6 +45,11 @@ class DINOHead(nn.Module):
     ``mlp`` is Linear-GELU-(Linear-GELU)*(nlayers-2)-Linear to ``bottleneck_dim``
     (a single Linear when ``nlayers == 1``, as in DINO), followed by L2 normalisation
     and ``last_layer``. ``norm_last_layer`` freezes the row norms ``weight_g`` at 1.
+
+    ``forward(x) == last_layer(bottleneck(x))``. The last layer is linear (no bias), so a
+    weighted mean of logits equals ``last_layer`` of the same weighted mean of the normalised
+    bottleneck vectors (not renormalised): callers that only need averaged logits average
+    ``bottleneck(x)`` first and apply the K-wide ``last_layer`` once per average.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
@@ -64,6 +69,9 @@ class DINOHead(nn.Module):
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
         self.last_layer.weight_g.requires_grad_(not norm_last_layer)
 
+    def bottleneck(self, x: Tensor) -> Tensor:
+        """(..., in_dim) -> (..., bottleneck_dim): the MLP output, L2-normalised."""
+        return F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return self.last_layer(x)
+        return self.last_layer(self.bottleneck(x))

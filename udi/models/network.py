@@ -16,6 +16,14 @@ from udi.models.srs import SRSModule
 from udi.models.vit import VisionTransformer
 
 
+def _valid_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(..., S, C), (..., S) bool -> (..., C): mean over the valid rows (zeros where none is),
+    summed in at least float32 (an elementwise product and a sum, which autocast leaves alone)."""
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    weights = valid.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(-2) / weights.sum(-2).clamp(min=1.0)
+
+
 class UDINetwork(nn.Module):
     """Backbone with ``n_cls`` class tokens, optional SRS module, one shared head (or three).
 
@@ -86,28 +94,60 @@ class UDINetwork(nn.Module):
         return StudentLogits(cls=logits_cls, cls_plus=logits_plus, patch=logits_patch, cls_features=cls_g[:, 0])
 
     def forward_teacher(
-        self, globals_: torch.Tensor, map_global: torch.Tensor | None, map_local: torch.Tensor | None
+        self,
+        globals_: torch.Tensor,
+        map_global: torch.Tensor | None,
+        map_local: torch.Tensor | None,
+        valid_local: torch.Tensor | None = None,
     ) -> TeacherLogits:
         """globals_: (2B, 3, Gs, Gs); map_global: (2, B, Sg, Ng), [u] = student view u onto
-        teacher view 1-u; map_local: (L, 2, B, Sl, Ng), [j, v] = local j onto teacher view v."""
+        teacher view 1-u; map_local: (L, 2, B, Sl, Ng), [j, v] = local j onto teacher view v;
+        valid_local: (L, 2, B, Sl) bool, which of those points count (needed with map_local).
+
+        Local points only ever enter the loss as a valid-weighted mean of their patch logits
+        (the [cls+] target of a local view and the patch centre), and the head's last layer
+        is linear, so their normalised bottleneck vectors are averaged per (local j, teacher
+        view v, image b) and the K-wide last layer runs once per average: ``patch_local_mean``
+        equals the mean of the per-point logits up to rounding, without the (L*Sl) x K ones.
+        """
         cls, patches = self._encode(globals_)
         if map_global is None:
             return TeacherLogits(cls=self._heads(cls[:, 0], None, None)[0])
         n_local, sg = (map_local.shape[0] if map_local is not None else 0), map_global.shape[2]
+        if n_local and valid_local is None:
+            raise ValueError("forward_teacher needs valid_local with map_local")
         # Per teacher view v, queries of its partner global view (1-v) followed by all locals.
         queries = [map_global.flip(0)]  # (2, B, Sg, Ng) indexed by teacher view
         if n_local:
             queries.append(map_local.permute(1, 2, 0, 3, 4).flatten(2, 3))  # (2, B, L*Sl, Ng)
         queries = torch.cat(queries, dim=2).flatten(0, 1)  # (2B, S, Ng)
         srs_out = self.srs(patches, queries)  # (2B, S, D)
-        logits_cls, _, logits_patch = self._heads(cls[:, 0], None, srs_out.flatten(0, 1))
-        logits_patch = logits_patch.unflatten(0, (2, -1, queries.shape[1]))  # (2 teacher views, B, S, K)
-        patch_global = logits_patch[:, :, :sg].flip(0)  # back to student-view order u
-        patch_local = None
+        two_b, n_points = srs_out.shape[:2]
+        head_patch = self.head_patch or self.head
+        shared = head_patch is self.head
+        if shared:  # one MLP call over every row (one big matmul), as in _heads
+            z = self.head.bottleneck(torch.cat([cls[:, 0], srs_out.flatten(0, 1)]))
+            z_cls, z_patch = z.split([two_b, two_b * n_points])
+        else:
+            z_cls, z_patch = self.head.bottleneck(cls[:, 0]), head_patch.bottleneck(srs_out.flatten(0, 1))
+        z_patch = z_patch.unflatten(0, (2, -1, n_points))  # (2 teacher views, B, S, Db)
+        rows = [z_patch[:, :, :sg].flatten(0, 2)]
         if n_local:
-            local = logits_patch[:, :, sg:].unflatten(2, (n_local, -1))  # (2, B, L, Sl, K)
-            patch_local = local.permute(2, 0, 1, 3, 4)  # (L, 2, B, Sl, K)
-        return TeacherLogits(cls=logits_cls, patch_global=patch_global, patch_local=patch_local)
+            z_local = z_patch[:, :, sg:].unflatten(2, (n_local, -1))  # (2, B, L, Sl, Db)
+            rows.append(_valid_mean(z_local, valid_local.permute(1, 2, 0, 3)).flatten(0, 2))  # (2*B*L, Db)
+        if shared:
+            logits = self.head.last_layer(torch.cat([z_cls, *rows]))
+            logits_cls, logits_patch = logits.split([two_b, len(logits) - two_b])
+        else:
+            logits_cls, logits_patch = self.head.last_layer(z_cls), head_patch.last_layer(torch.cat(rows))
+        n_global = len(rows[0])
+        # back to student-view order u: [u] is read on teacher view 1-u
+        patch_global = logits_patch[:n_global].unflatten(0, (2, -1, sg)).flip(0)  # (2, B, Sg, K)
+        patch_local_mean = None
+        if n_local:
+            local = logits_patch[n_global:].unflatten(0, (2, -1, n_local))  # (2, B, L, K)
+            patch_local_mean = local.permute(2, 0, 1, 3)  # (L, 2, B, K)
+        return TeacherLogits(cls=logits_cls, patch_global=patch_global, patch_local_mean=patch_local_mean)
 
     def forward(self, role: str, *args):
         """``role`` is "student" or "teacher"; see forward_student / forward_teacher."""
