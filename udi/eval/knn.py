@@ -20,15 +20,20 @@ def knn_predict(
     temperature: float = 0.07,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Class scores (M, C) of the test rows; features (N, D) / (M, D) need not be normalised."""
+    """Class scores (M, C) of the test rows; features (N, D) / (M, D) need not be normalised.
+
+    Per chunk of m test rows the votes are scatter-added into an (m, C) table, so memory
+    stays at the (m, N) similarities plus (m, k) neighbours whatever C (no (m, k, C) one-hot).
+    """
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
+    labels = train_labels.to(train.device, torch.long)
     k = min(k, len(train))
     scores = []
     for start in range(0, len(test), chunk_size):
         sim, idx = (test[start : start + chunk_size] @ train.T).topk(k, dim=1)  # (m, k)
-        votes = F.one_hot(train_labels[idx], num_classes).float()  # (m, k, C)
-        scores.append((votes * (sim / temperature).exp().unsqueeze(-1)).sum(dim=1))
+        votes = sim.new_zeros(len(sim), num_classes)
+        scores.append(votes.scatter_add_(1, labels[idx], (sim / temperature).exp()))  # (m, C)
     return torch.cat(scores)
 
 
