@@ -1,4 +1,5 @@
-"""Command line: ``udi pretrain``, ``udi eval``, ``udi compare``, ``udi demo``, ``udi viz``, ``udi embed``, ``udi report``."""
+"""Command line: ``udi pretrain``, ``udi eval``, ``udi compare``, ``udi demo``, ``udi viz``, ``udi embed``, ``udi report``,
+``udi shards make``."""
 
 from __future__ import annotations
 
@@ -294,6 +295,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_shards_make(args) -> int:
+    from udi.data.shards import make_shards
+
+    result = make_shards(args.folder, args.out, args.shard_size, split=args.split)
+    console.print(escape(f"wrote {result['samples']} images ({result['classes']} classes) to {result['shards']} "
+                         f"shard(s) in {args.out}; pretrain with data.shards='{result['pattern']}'"))
+    print(json.dumps(result))
+    return 0
+
+
 def _device(preference: str) -> torch.device:
     from udi.train.distributed import resolve_device
 
@@ -407,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "on --data into RUN_DIR/eval")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_report)
+
+    shards = sub.add_parser("shards", help="WebDataset .tar shards of a folder, for data.shards (many nodes)")
+    shards_sub = shards.add_subparsers(dest="action", required=True)
+    p = shards_sub.add_parser("make", help="write the images of FOLDER to OUT/shard-000000.tar, ... in the folder's "
+                                           "order (original bytes, labels in cls, class names in OUT/classes.json)")
+    p.add_argument("folder", help="a folder of images (ImageFolder layout or flat/recursive), as data.path")
+    p.add_argument("out", help="output folder: new or empty")
+    p.add_argument("--shard-size", type=int, required=True, metavar="N", help="images per shard")
+    p.add_argument("--split", default="train", choices=("train", "val", "all"),
+                   help="train (default: FOLDER/train where it exists, else FOLDER, as pretraining on "
+                        "data.path=FOLDER reads), val, or all of FOLDER")
+    p.set_defaults(func=cmd_shards_make)
     return parser
 
 

@@ -19,6 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "name": None,  # built-in: scenes | mnist5k | digits
         "path": None,  # a folder of images (ImageFolder layout or flat/recursive)
+        # WebDataset .tar shards (training only): a path, a brace pattern "out/shard-{000000..000009}.tar" or a
+        # list of them, e.g. written by `udi shards make FOLDER OUT`; items in order equal the folder's
+        "shards": None,
         "canvas_size": 256,  # folders: every image is resized to this square canvas
         "scenes_size": 32,
         "scenes_num_images": None,  # None: 10000 train / 2000 val
@@ -288,8 +291,13 @@ def validate(cfg: dict) -> None:
         if value not in allowed:
             raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}")
     data = cfg["data"]
-    if (data["name"] is None) == (data["path"] is None):
-        raise ConfigError("set exactly one of 'data.name' (a built-in data set) or 'data.path' (a folder)")
+    if sum(data[key] is not None for key in ("name", "path", "shards")) != 1:
+        raise ConfigError("set exactly one of 'data.name' (a built-in data set), 'data.path' (a folder) "
+                          "or 'data.shards' (WebDataset .tar shards)")
+    shards = data["shards"]
+    if shards is not None and not (isinstance(shards, str) and shards or isinstance(shards, list) and shards
+                                   and all(isinstance(s, str) and s for s in shards)):
+        raise ConfigError(f"'data.shards' must be a path, a brace pattern or a non-empty list of paths; got {shards!r}")
     for key in ("train.batch_size", "train.epochs", "train.checkpoint_every", "train.log_every"):
         value = get_key(cfg, key)
         if not isinstance(value, int) or value < 1:

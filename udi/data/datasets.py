@@ -12,6 +12,7 @@ batches::
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -106,9 +107,9 @@ class ImageTooLargeError(ValueError):
     """An image whose decoded size exceeds ``data.max_image_pixels``."""
 
 
-def load_image(path: str | Path, canvas_size: int,
+def load_image(path: str | Path | bytes | io.IOBase, canvas_size: int,
                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, float]:
-    """Decode ``path`` into a square RGB canvas.
+    """Decode ``path`` (a file path, the file's bytes or a binary file object) into a square RGB canvas.
 
     The whole image (after its EXIF orientation) is resized with PIL's
     antialiased bicubic filter to ``canvas_size x canvas_size`` without
@@ -124,7 +125,7 @@ def load_image(path: str | Path, canvas_size: int,
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-        im = Image.open(path)
+        im = Image.open(io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else path)
     with im:
         w, h = im.size
         if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from udi import schedules
 from udi.config import ConfigError, dump_config
 from udi.data.datasets import build_dataset
+from udi.data.shards import ShardDataset
 from udi.io.checkpoint import (atomic_write, export_backbone, load_checkpoint, remove_stale_temporaries,
                                save_checkpoint)
 from udi.methods import build_method
@@ -76,16 +77,19 @@ class Trainer:
         self.device = self.info.device
         train = cfg["train"]
         data = cfg["data"]
-        self.dataset = build_dataset(
-            name=data["name"],
-            path=data["path"],
-            split="train",
-            canvas_size=data["canvas_size"],
-            max_image_pixels=data["max_image_pixels"],
-            scenes_size=data["scenes_size"],
-            scenes_num_images=data["scenes_num_images"],
-            seed=train["seed"],
-        )
+        if data.get("shards") is not None:  # item i of shards made from a folder is the folder's item i
+            self.dataset = ShardDataset(data["shards"], data["canvas_size"], data["max_image_pixels"])
+        else:
+            self.dataset = build_dataset(
+                name=data["name"],
+                path=data["path"],
+                split="train",
+                canvas_size=data["canvas_size"],
+                max_image_pixels=data["max_image_pixels"],
+                scenes_size=data["scenes_size"],
+                scenes_num_images=data["scenes_num_images"],
+                seed=train["seed"],
+            )
         self.sampler = ResumableSampler(
             len(self.dataset), train["batch_size"], self.info.world_size, self.info.rank, train["seed"]
         )
@@ -242,9 +246,11 @@ class Trainer:
         limit = self.cfg["data"]["max_fail_fraction"]
         enough = scanned >= min(size, max(100, math.ceil(10 / limit) if limit > 0 else size))
         if (enough or end_of_epoch) and self.failed_images > limit * scanned:
+            data = self.cfg["data"]
+            source = f"shards {data['shards']}" if data.get("shards") is not None else f"folder {data['path']}"
             raise RuntimeError(
                 f"{self.failed_images} of {scanned} images could not be decoded (more than {limit:.0%}): "
-                f"check the data folder {self.cfg['data']['path']} (the warnings above name the files)"
+                f"check the data {source} (the warnings above name the files)"
             )
 
     # ------------------------------------------------------------------- run
