@@ -4,7 +4,8 @@ ImageNet settings (ViT-S/16: globals 224, locals 96, 10 locals, DINO's photometr
 thread, process CPU time, median over repeats; batch 4 and 64. Each part is timed on its own:
 ``crops`` (grid_sample from a 256 px canvas, the canvas path), ``photometric`` (all 12 crops of an
 image), ``total`` = ``make_udi_views`` and ``other`` = total - crops - photometric (boxes, SRS masks,
-correspondence maps, normalisation).
+correspondence maps, normalisation); ``total, crops from the loader`` = ``views_from_crops`` on
+uint8 crops (``data.crops: full``, whose crops are cut in the data loader: benchmarks/data_path.py).
 With ``--baseline COMMIT`` the photometric augmentation of that commit's ``udi/data/augment.py``
 (read with ``git show``) is timed in the same run, interleaved, for a before/after ratio.
 
@@ -22,7 +23,7 @@ import types
 import torch
 
 from udi.data.augment import Photometric, crop_resize
-from udi.data.views import ViewSpec, make_udi_views, sample_views
+from udi.data.views import ViewSpec, make_udi_views, sample_views, views_from_crops
 
 
 def cpu_ms(fn, repeats: int) -> float:
@@ -86,8 +87,14 @@ def main() -> None:
             row["photometric"] = cpu_ms(photometric, args.repeats) / b
         row["total"] = cpu_ms(lambda: make_udi_views(canvas, aspect, spec, torch.Generator().manual_seed(3), aug),
                               args.repeats) / b
+        # data.crops full: the loader has cut the crops (uint8); the main process does the rest.
+        g8, loc8 = (x.mul(255).round().byte() for x in (g, loc))
+        row["total, crops from the loader"] = cpu_ms(
+            lambda: views_from_crops(g8, loc8, boxes, spec, torch.Generator().manual_seed(3), aug), args.repeats) / b
         # Boxes, SRS masks, maps and normalisation: a difference of medians (noisy when small).
         row["other"] = row["total"] - row["crops"] - row["photometric"]
+        row = {c: row[c] for c in ("batch", "crops", *[c for c in row if c.startswith("photometric")], "other",
+                                   "total", "total, crops from the loader")}
         rows.append(row)
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---:|" * len(columns))

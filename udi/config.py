@@ -22,7 +22,12 @@ DEFAULTS: dict[str, Any] = {
         # WebDataset .tar shards (training only): a path, a brace pattern "out/shard-{000000..000009}.tar" or a
         # list of them, e.g. written by `udi shards make FOLDER OUT`; items in order equal the folder's
         "shards": None,
-        "canvas_size": 256,  # folders: every image is resized to this square canvas
+        "canvas_size": 256,  # folders, data.crops canvas: every image is resized to this square canvas
+        # Where training crops are cut: "full" = from the full-resolution image with an antialiased bicubic
+        # resize, in the data loader (the reference's pixels; udi.data.crops); "canvas" = from the square
+        # canvas, on the device (cheap; exact for images no larger than it); "auto" = full for folders and
+        # shards with udi/dino, canvas for the built-in data sets (stored at their native size) and bootleg.
+        "crops": "auto",
         "scenes_size": 32,
         "scenes_num_images": None,  # None: 10000 train / 2000 val
         "num_workers": 2,
@@ -148,6 +153,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES = {
     "method": ("udi", "dino", "bootleg"),
     "model.stem": ("patch", "conv"),
+    "data.crops": ("auto", "canvas", "full"),
     "model.pos_interp": ("bicubic", "dino", "timm"),
     "bootleg.loss": ("smooth_l1", "mse", "l1"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -294,6 +300,12 @@ def validate(cfg: dict) -> None:
     if sum(data[key] is not None for key in ("name", "path", "shards")) != 1:
         raise ConfigError("set exactly one of 'data.name' (a built-in data set), 'data.path' (a folder) "
                           "or 'data.shards' (WebDataset .tar shards)")
+    if data["crops"] == "full" and data["name"] is not None:
+        raise ConfigError(f"'data.crops: full' cuts crops from image files (data.path or data.shards); the built-in "
+                          f"data set {data['name']!r} is stored at its native size: use data.crops=canvas or auto")
+    if data["crops"] == "full" and cfg["method"] == "bootleg":
+        raise ConfigError("'data.crops: full' is not implemented for method bootleg (its single crop is cut from the "
+                          "canvas): use data.crops=canvas or auto")
     shards = data["shards"]
     if shards is not None and not (isinstance(shards, str) and shards or isinstance(shards, list) and shards
                                    and all(isinstance(s, str) and s for s in shards)):
@@ -410,3 +422,12 @@ def resolve_config_path(name_or_path: str) -> Path:
             return candidate
     shipped = sorted(p.stem for p in config_dir().glob("*.yaml"))
     raise ConfigError(f"config not found: {name_or_path} (shipped configs: {', '.join(shipped)})")
+
+
+def crop_mode(cfg: dict) -> str:
+    """``data.crops`` resolved: "full" or "canvas" (see DEFAULTS)."""
+    mode = cfg["data"]["crops"]
+    if mode != "auto":
+        return mode
+    files = cfg["data"]["name"] is None
+    return "full" if files and cfg["method"] in ("udi", "dino") else "canvas"

@@ -293,3 +293,21 @@ def test_sigterm_checkpoints_the_current_step_then_resume_is_exact(tmp_path, sig
     assert f"stopped by {signal.Signals(signum).name} after step {step} of 20" in message and "Traceback" not in err
     subprocess.run(_cli(stopped, *args), check=True, capture_output=True)
     assert_same_state(full, stopped)
+
+
+def test_full_resolution_crops_train_and_resume_exactly_with_any_number_of_workers(tmp_path, tiny_cfg):
+    # data.crops auto = full for a folder: the loader cuts the crops from the 20-26 x 24 px files.
+    folder = _folder(tmp_path, 24, corrupt=set())
+    files = ["data.name=null", f"data.path={folder}", "train.epochs=2"]  # 3 steps per epoch
+    full, parts, workers = tmp_path / "full", tmp_path / "parts", tmp_path / "workers"
+    trainer = Trainer(tiny_cfg(*files), full)
+    assert trainer.loader_views is not None and trainer.dataset[0]["globals"].shape == (2, 3, 16, 16)
+    trainer.run()
+    pretrain(tiny_cfg(*files, "train.max_steps=4"), parts)
+    pretrain(tiny_cfg(*files), parts)
+    assert_same_state(full, parts)
+    pretrain(tiny_cfg(*files, "data.num_workers=2"), workers)  # boxes drawn per (seed, epoch, index)
+    assert_same_state(full, workers)
+    canvas = tmp_path / "canvas"
+    pretrain(tiny_cfg(*files, "data.crops=canvas"), canvas)
+    assert read_log(canvas)[-1]["loss"] != read_log(full)[-1]["loss"]

@@ -16,6 +16,7 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -107,6 +108,34 @@ class ImageTooLargeError(ValueError):
     """An image whose decoded size exceeds ``data.max_image_pixels``."""
 
 
+def decode_image(path: str | Path | bytes | io.IOBase, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 draft: int | Callable[[int, int], tuple[int, int] | None] | None = None
+                 ) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` (a file path, the file's bytes or a binary file object) to an RGB PIL image
+    turned by its EXIF orientation, and its original (turned) size ``(W, H)``.
+
+    ``draft``: a JPEG may be decoded at a reduced scale (1/2, 1/4 or 1/8: whole DCT blocks, so
+    reduced pixel ``j`` covers original pixels ``[a j, a j + a)``) that keeps both sides at least
+    ``(draft, draft)``, or at least the size ``draft(W, H)`` returns (None: full resolution).
+    An image that would decode to more than ``max_pixels`` pixels raises ``ImageTooLargeError``
+    before decoding (a 144-Mpixel PNG takes GBs and tens of seconds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        im = Image.open(io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else path)
+    with im:
+        w, h = im.size
+        turned = im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS
+        if turned:
+            w, h = h, w
+        wanted = draft(w, h) if callable(draft) else None if draft is None else (draft, draft)
+        if wanted is not None:
+            im.draft("RGB", wanted[::-1] if turned else wanted)  # (the file's own orientation)
+        if im.size[0] * im.size[1] > max_pixels:
+            raise ImageTooLargeError(f"{im.size[0]} x {im.size[1]} pixels, more than data.max_image_pixels "
+                                     f"= {max_pixels}")
+        return _to_rgb(ImageOps.exif_transpose(im)), (w, h)
+
+
 def load_image(path: str | Path | bytes | io.IOBase, canvas_size: int,
                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, float]:
     """Decode ``path`` (a file path, the file's bytes or a binary file object) into a square RGB canvas.
@@ -115,30 +144,18 @@ def load_image(path: str | Path | bytes | io.IOBase, canvas_size: int,
     antialiased bicubic filter to ``canvas_size x canvas_size`` without
     preserving the aspect ratio; the ratio is returned instead, so that crops
     can be sampled in original geometry. A JPEG is decoded at a reduced scale
-    (still at least the canvas); an image that would decode to more than
-    ``max_pixels`` pixels raises ``ImageTooLargeError`` before decoding (a
-    144-Mpixel PNG takes GBs and tens of seconds).
+    (still at least the canvas); see ``decode_image`` for the size limit.
+    (``data.crops: full`` cuts the training crops from the full-resolution image instead:
+    ``udi.data.crops``.)
 
     Returns:
         image: uint8 tensor (3, canvas_size, canvas_size).
         aspect: original width / height.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-        im = Image.open(io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else path)
-    with im:
-        w, h = im.size
-        if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS:
-            w, h = h, w
-        # JPEG only: decode at a reduced scale that is still at least the canvas size.
-        im.draft("RGB", (canvas_size, canvas_size))
-        if im.size[0] * im.size[1] > max_pixels:
-            raise ImageTooLargeError(f"{im.size[0]} x {im.size[1]} pixels, more than data.max_image_pixels "
-                                     f"= {max_pixels}")
-        im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im).resize((canvas_size, canvas_size), Image.Resampling.BICUBIC)
-        array = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), w / h
+    im, (w, h) = decode_image(path, max_pixels, draft=canvas_size)
+    aspect = w / h
+    array = np.asarray(im.resize((canvas_size, canvas_size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), aspect
 
 
 def folder_classes(root: str | Path) -> list[str]:
@@ -156,7 +173,9 @@ class ImageFolderDataset(Dataset):
     Otherwise (flat or deeper folders) images are unlabeled (label -1, ``classes`` empty). Files are found recursively by extension
     (case-insensitive, see ``IMAGE_EXTENSIONS``), sorted by path.
 
-    Items: see the module docstring; ``image`` is (3, canvas_size, canvas_size).
+    Items: see the module docstring; ``image`` is (3, canvas_size, canvas_size). With ``views``
+    set (``data.crops: full``), the item has that callable's fields (the crops of the image)
+    instead of ``image`` and ``aspect``.
 
     A file that cannot be decoded is reported with ``warnings.warn`` and
     replaced by the next decodable file (wrapping around); the item's
@@ -180,6 +199,9 @@ class ImageFolderDataset(Dataset):
             )
         self.canvas_size, self.max_image_pixels = canvas_size, max_image_pixels
         self.failed_paths: set[Path] = set()  # per process: each DataLoader worker has its own copy
+        # data.crops: full -- a callable (file, index) -> item fields that cuts the training crops from
+        # the full-resolution image (udi.data.crops.FullResolutionViews) instead of the canvas.
+        self.views = None
 
         relative = [p.relative_to(self.root) for p in paths]
         if all(len(r.parts) == 2 for r in relative):
@@ -206,10 +228,15 @@ class ImageFolderDataset(Dataset):
             i = (index + skipped) % n
             path, label = self.samples[i]
             try:
-                image, aspect = load_image(path, self.canvas_size, self.max_image_pixels)
+                if self.views is not None:
+                    fields = self.views(path, i)
+                else:
+                    image, aspect = load_image(path, self.canvas_size, self.max_image_pixels)
             except Exception as err:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
                 self._record_failure(path, err)
                 continue
+            if self.views is not None:
+                return {**fields, "label": int(label), "index": int(i), "failed": int(skipped)}
             return _item(image, aspect, label, i, failed=skipped)
         raise RuntimeError(f"no decodable image under {self.root}")
 

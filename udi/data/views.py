@@ -338,22 +338,47 @@ def make_udi_views(
     Returns:
         The views, masks and maps, all on ``canvas``'s device.
     """
-    photometric = Photometric() if photometric is None else photometric
     device = canvas.device
-    b = canvas.shape[0]
     images = to_float(canvas)
     boxes = sample_views(aspect, spec, generator).to(device)
-    sel_g = srs_select(b, spec.global_grid, spec.global_window, spec.srs_mode, generator).to(device)
-    sel_l = srs_select(b, spec.local_grid, spec.local_window, spec.srs_mode, generator).to(device)
 
     def crops(views: range, size: int) -> Tensor:
         if len(views) == 0:
             return images.new_zeros(0, 3, size, size)
-        x = torch.cat([crop_resize(images, boxes[:, v], size) for v in views])
-        return normalize(photometric(x, generator))
+        return torch.cat([crop_resize(images, boxes[:, v], size) for v in views])
 
-    globals_ = crops(range(2), spec.global_size)
-    locals_ = crops(range(2, spec.n_views), spec.local_size)
+    return views_from_crops(crops(range(2), spec.global_size), crops(range(2, spec.n_views), spec.local_size),
+                            boxes, spec, generator, photometric)
+
+
+def views_from_crops(
+    globals_: Tensor,
+    locals_: Tensor,
+    boxes: Tensor,
+    spec: ViewSpec,
+    generator: torch.Generator,
+    photometric: Photometric | None = None,
+) -> UDIViews:
+    """Finish a batch of UDI views from its crops: photometric augmentation, normalisation, SRS
+    masks and correspondence maps. Random draws, in order: global SRS mask, local SRS mask,
+    photometric decisions of the global crops, then of the local crops.
+
+    Args:
+        globals_: (2B, 3, Gs, Gs) view-major ([0:B] = g1), uint8 or float in [0, 1]; or
+            (B, 2, 3, Gs, Gs) image-major, as a data loader stacks ``data.crops: full`` items.
+        locals_: (L*B, 3, Ls, Ls) view-major, or (B, L, 3, Ls, Ls).
+        boxes: (B, 2 + L, 4) the boxes the crops sample (``crop_resize``'s convention).
+        spec, generator, photometric: as in :func:`make_udi_views`.
+    """
+    photometric = Photometric() if photometric is None else photometric
+    if globals_.dim() == 5:  # image-major from the data loader -> view-major
+        globals_, locals_ = (x.transpose(0, 1).flatten(0, 1) for x in (globals_, locals_))
+    device, b = globals_.device, boxes.shape[0]
+    boxes = boxes.to(device)
+    sel_g = srs_select(b, spec.global_grid, spec.global_window, spec.srs_mode, generator).to(device)
+    sel_l = srs_select(b, spec.local_grid, spec.local_window, spec.srs_mode, generator).to(device)
+    globals_ = normalize(photometric(to_float(globals_), generator))
+    locals_ = normalize(photometric(to_float(locals_), generator)) if len(locals_) else to_float(locals_)
 
     fg, fl, n_l = spec.global_grid, spec.local_grid, spec.n_local
     sg, sl = sel_g.shape[1], sel_l.shape[1]

@@ -17,6 +17,7 @@ registered buffers (it is checkpointed with ``state_dict``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -71,6 +72,11 @@ class Method(ABC):
     def schedules(self, epoch: int) -> dict[str, float]:
         """Values of this method's own schedules at ``epoch`` (logged, passed to ``loss_terms``)."""
         return {}
+
+    def loader_views(self) -> Callable | None:
+        """A callable (file, index) -> item fields that the data set uses instead of its canvas
+        (``data.crops: full``; it has ``set_epoch``), or None. Default: None."""
+        return None
 
     @abstractmethod
     def make_inputs(

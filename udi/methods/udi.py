@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from udi.config import crop_mode
 from udi.data.augment import photometric_from_config
-from udi.data.views import UDIViews, ViewSpec, make_udi_views, one_hot_selection
+from udi.data.crops import FullResolutionViews
+from udi.data.views import UDIViews, ViewSpec, make_udi_views, one_hot_selection, views_from_crops
 from udi.losses.koleo import koleo_loss
 from udi.losses.udi import UDILoss
 from udi.methods.base import Method
@@ -60,6 +62,12 @@ class UDIMethod(Method):
         self.spec = view_spec(cfg)
         self.photometric = photometric_from_config(cfg["views"])
         self.koleo_weight = float(cfg["loss"]["koleo_weight"])
+
+    def loader_views(self) -> FullResolutionViews | None:
+        """``data.crops: full``: the data loader cuts this method's crops from the full-resolution images."""
+        if crop_mode(self.cfg) != "full":
+            return None
+        return FullResolutionViews(self.spec, self.cfg["train"]["seed"], self.cfg["data"]["max_image_pixels"])
 
     @classmethod
     def udi(cls, cfg: dict) -> UDIMethod:
@@ -123,11 +131,14 @@ class UDIMethod(Method):
     def make_inputs(
         self, batch: dict, device: torch.device, generator: torch.Generator, schedules: dict[str, float]
     ) -> UDIViews:
-        canvas = batch["image"].to(device, non_blocking=True)
-        aspect = batch["aspect"].to(device, non_blocking=True)
         photometric = self.photometric
         if "photometric_strength" in schedules:  # views.photometric_ramp_epochs
             photometric = photometric.at_strength(schedules["photometric_strength"])
+        if "globals" in batch:  # data.crops: full (the data loader cut them from the full-resolution images)
+            crops = [batch[key].to(device, non_blocking=True) for key in ("globals", "locals", "boxes")]
+            return views_from_crops(*crops, self.spec, generator, photometric)
+        canvas = batch["image"].to(device, non_blocking=True)
+        aspect = batch["aspect"].to(device, non_blocking=True)
         return make_udi_views(canvas, aspect, self.spec, generator, photometric)
 
     def loss_terms(

@@ -101,6 +101,11 @@ class Trainer:
             )
         self.total_steps = train["epochs"] * self.steps_per_epoch
         self.method = build_method(cfg)  # everything method-specific (udi.methods)
+        self.loader_views = self.method.loader_views()  # data.crops: full
+        if self.loader_views is not None:
+            if not hasattr(self.dataset, "views"):
+                raise ConfigError(f"data.crops=full needs image files; {type(self.dataset).__name__} has none")
+            self.dataset.views = self.loader_views
 
         torch.manual_seed(train["seed"])  # identical initial weights on every process
         self.student = self.method.build_student().to(self.device)
@@ -295,6 +300,8 @@ class Trainer:
             while self.step < max_steps:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
+                if self.loader_views is not None:  # before the loader's workers copy the data set
+                    self.loader_views.set_epoch(epoch)
                 for batch in loader:
                     last = self.train_step(batch, epoch)
                     images += self.global_batch
