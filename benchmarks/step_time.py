@@ -5,11 +5,10 @@ CPU (default), on the demo config, all in one process:
   - time of producing a batch of views + correspondence maps / time of the model step (target <= 0.25);
   - peak memory of each method (max RSS of a child process running only that method).
 
-GPU (``--gpu``): images per second of ViT-S/16 UDI at 224/96 with 10 local crops, bf16,
-batch 64, and the fraction of the GPU's measured bf16 matmul peak that the step achieves
-(FLOPs of one step counted with torch's FlopCounterMode).
+The GPU benchmark (ViT-S/16 UDI and DINO, images/s and MFU) is ``benchmarks/gpu_bench.py``, which
+builds and times its steps with the helpers here.
 
-    .venv/bin/python benchmarks/step_time.py [--steps 10] [--gpu]
+    .venv/bin/python benchmarks/step_time.py [--steps 10]
 """
 
 from __future__ import annotations
@@ -106,6 +105,7 @@ def cpu_benchmark(steps: int) -> dict:
 
 
 def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """TFLOP/s of ``repeats`` bf16 ``size``^3 matrix products (after 3 warm-ups): the peak of MFU."""
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     for _ in range(3):
@@ -118,42 +118,11 @@ def matmul_peak_tflops(device: torch.device, size: int = 8192, repeats: int = 20
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def gpu_benchmark(steps: int) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    overrides = ["data.name=scenes", "data.path=null", "data.scenes_size=224", "data.scenes_num_images=256",
-                 "train.batch_size=64", "train.precision=bf16", "train.device=cuda", "train.epochs=100"]
-    trainer = make_trainer("udi_vits16_in1k_300ep", overrides)
-    batch = fixed_batch(trainer)
-    times = time_steps(trainer, batch, steps, warmup=3)
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(batch, epoch=1)
-    step = statistics.median(times)
-    flops = counter.get_total_flops()
-    peak = matmul_peak_tflops(trainer.device)
-    views = statistics.median(time_views(trainer, batch, steps))
-    return {
-        "device": torch.cuda.get_device_name(trainer.device),
-        "config": "udi_vits16_in1k_300ep (224/96, 10 locals, bf16, batch 64)",
-        "step_s": round(step, 4),
-        "images_per_sec": round(64 / step, 1),
-        "step_tflop": round(flops / 1e12, 3),
-        "achieved_tflops": round(flops / step / 1e12, 1),
-        "measured_bf16_matmul_peak_tflops": round(peak, 1),
-        "fraction_of_peak": round(flops / step / 1e12 / peak, 3),
-        "views_s": round(views, 4),
-        "views_over_step": round(views / step, 3),
-        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(trainer.device) / 2**30, 2),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
-    result = gpu_benchmark(args.steps) if args.gpu else cpu_benchmark(args.steps)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(cpu_benchmark(args.steps), indent=2))
 
 
 if __name__ == "__main__":

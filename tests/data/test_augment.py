@@ -103,7 +103,7 @@ def test_photometric_blur_on_small_images():
         assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_photometric_same_on_cuda():
     x = torch.rand(16, 3, 16, 16, generator=gen())
     cpu = Photometric()(x, gen(9))

@@ -411,3 +411,21 @@ def test_make_udi_views_maps_match_crops():
     for j in range(2):
         for t in range(2):
             check(loc[j], v.select_local, v.map_local[j, t], v.valid_local[j, t], glob[t], 3)
+
+
+@pytest.mark.cuda
+def test_make_udi_views_on_cuda_match_the_cpu():
+    """Views, SRS masks and correspondence maps built on the GPU are those built on the CPU."""
+    spec = ViewSpec(global_size=32, local_size=16, patch_size=4, n_local=3, global_window=2, local_window=2)
+    canvas = torch.randint(0, 256, (4, 3, 40, 48), dtype=torch.uint8, generator=gen(21))
+    aspect = torch.tensor([1.2, 0.8, 1.0, 2.0])
+    cpu = make_udi_views(canvas, aspect, spec, gen(5))
+    cuda = make_udi_views(canvas.cuda(), aspect.cuda(), spec, gen(5))
+    assert all(getattr(cuda, k).device.type == "cuda" for k in cuda.__dataclass_fields__)
+    cuda = cuda.to("cpu")
+    for name in ("boxes", "select_global", "select_local", "valid_global", "valid_local"):
+        assert torch.equal(getattr(cuda, name), getattr(cpu, name)), name
+    for name in ("map_global", "map_local"):
+        assert torch.allclose(getattr(cuda, name), getattr(cpu, name), atol=1e-5), name
+    for name in ("globals_", "locals_"):  # crops after resizing and photometric changes
+        assert torch.allclose(getattr(cuda, name), getattr(cpu, name), atol=1e-3), name
