@@ -137,6 +137,9 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 500,  # steps; also at each epoch end
         "log_every": 10,
         "progress": True,
+        # CPU training: glibc keeps freed memory for reuse instead of unmapping large blocks (udi.train.cpu_memory;
+        # a ViT-S/16 UDI step at K = 65536: 5.8 -> 4.6 s of CPU time); memory returns to the system at exit.
+        "retain_cpu_memory": True,
         "eval_every": 0,  # steps between online k-NN evaluations of the teacher (0: off); also at the last step
         "eval_data": None,  # their labelled data: a built-in name or a folder with train/ and val/ (None: data.name)
         "eval_images": 2000,  # images of each split used by the online k-NN (a fixed random subset)

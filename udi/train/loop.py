@@ -30,6 +30,7 @@ from udi.data.shards import ShardDataset
 from udi.io.checkpoint import (atomic_write, export_backbone, load_checkpoint, remove_stale_temporaries,
                                save_checkpoint)
 from udi.methods import build_method
+from udi.train.cpu_memory import retain_freed_memory
 from udi.train.distributed import DistInfo, DistributedTimeout, all_gather_lists, all_reduce_mean, barrier, init_distributed
 from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
@@ -75,6 +76,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.info = info or init_distributed(cfg["train"]["device"], cfg["train"]["dist_timeout"])
         self.device = self.info.device
+        if cfg["train"]["retain_cpu_memory"] and self.device.type == "cpu":
+            retain_freed_memory()
         train = cfg["train"]
         data = cfg["data"]
         if data.get("shards") is not None:  # item i of shards made from a folder is the folder's item i
