@@ -56,3 +56,37 @@ def test_conv_stem_backbone_records_its_stem(tmp_path):
     loaded = load_backbone(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert loaded.stem == "conv" and torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_run_files_get_the_users_umask(tmp_path, umask, mode):
+    """Before: checkpoint.pt and backbone.safetensors kept mkstemp's 0600 through the rename."""
+    from udi.config import load_config
+    from udi.train.loop import pretrain
+
+    from ..train.conftest import TINY
+
+    previous = os.umask(umask)
+    try:
+        pretrain(load_config(None, TINY + ["train.max_steps=1"]), tmp_path / "run")
+        atomic_write(tmp_path / "plain.bin", lambda tmp: open(tmp, "wb").close())
+    finally:
+        os.umask(previous)
+    for name in ("checkpoint.pt", "backbone.safetensors"):
+        assert oct((tmp_path / "run" / name).stat().st_mode & 0o777) == oct(mode), name
+    assert oct((tmp_path / "plain.bin").stat().st_mode & 0o777) == oct(mode)
+
+
+def test_any_random_bytes_are_not_a_weights_file(tmp_path):
+    # The legacy unpickler fails on random bytes in many ways (UnpicklingError, EOFError, IndexError,
+    # ...): each is the same one-line message (it once depended on the bytes drawn).
+    import random
+
+    from udi.io.checkpoint import load_checkpoint
+
+    rng = random.Random(0)
+    for i in range(60):
+        path = tmp_path / f"random{i}.pth"
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(200)))
+        with pytest.raises(ValueError, match="not a PyTorch weights file, or a damaged one"):
+            load_checkpoint(path)

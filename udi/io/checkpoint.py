@@ -15,6 +15,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -97,10 +98,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a foreign or damaged file: say which, in one line
-        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(error)}") from error
+        raise ValueError(f"cannot load checkpoint {path}: {_load_failure(error, path)}") from error
 
 
-def _load_failure(error: Exception) -> str:
+def _load_failure(error: Exception, path: str | Path) -> str:
     """torch's weights-only refusal is a page that suggests ``weights_only=False``; keep its reason."""
     text = str(error)
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -108,7 +109,10 @@ def _load_failure(error: Exception) -> str:
         return (f"it holds a {refused.group(1)} object, and only tensors and plain containers are loaded "
                 "(unpickling other objects can run arbitrary code)")
     reason = re.search(r"WeightsUnpickler error: \s*(.+?)\s*(?:\n\n|$)", text, re.S)
-    if reason or isinstance(error, (EOFError, pickle.UnpicklingError)):
+    # Not a zip archive (torch's format): the legacy pickle reader fails on such bytes in many ways
+    # (UnpicklingError, EOFError, IndexError: pop from empty list, ...), all meaning "not weights".
+    not_zip = not isinstance(error, OSError) and Path(path).is_file() and not zipfile.is_zipfile(path)
+    if reason or not_zip or isinstance(error, (EOFError, pickle.UnpicklingError)):
         detail = reason.group(1).strip() if reason else (text or type(error).__name__)
         return f"not a PyTorch weights file, or a damaged one ({detail})"
     return f"{type(error).__name__}: {text}"
