@@ -135,8 +135,9 @@ DEFAULTS: dict[str, Any] = {
         "precision": "fp32",  # fp32 | bf16 | fp16
         "compile": False,
         "checkpoint_every": 500,  # steps; also at each epoch end
-        "log_every": 10,
-        "progress": True,
+        "log_every": 10,  # steps between log.jsonl records and train.log's text lines
+        "progress": True,  # the progress bar (in a terminal; elsewhere train.log's lines go to stdout)
+        "tensorboard": True,  # TensorBoard event files in RUN_DIR/tb with log.jsonl's scalars (the tensorboard package)
         # CPU training: glibc keeps freed memory for reuse instead of unmapping large blocks (udi.train.cpu_memory;
         # a ViT-S/16 UDI step at K = 65536: 5.8 -> 4.6 s of CPU time); memory returns to the system at exit.
         "retain_cpu_memory": True,

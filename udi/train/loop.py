@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -35,6 +36,7 @@ from udi.train.distributed import DistInfo, DistributedTimeout, all_gather_lists
 from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
+from udi.train.runlog import RunLog, format_duration, startup_summary
 from udi.train.sampler import ResumableSampler
 from udi.train.stop import StopSignals, TrainingStopped, leave_stop_signals_to_the_main_process
 
@@ -295,10 +297,16 @@ class Trainer:
             persistent_workers=False,
             worker_init_fn=leave_stop_signals_to_the_main_process if self.cfg["data"]["num_workers"] else None,
         )
-        progress = TrainProgress(max_steps, self.steps_per_epoch, enabled=cfg["progress"] and self.info.is_main)
+        # The bar in a terminal; elsewhere (nohup, SLURM, | tee) train.log's text lines on stdout.
+        bar = cfg["progress"] and self.info.is_main and sys.stdout.isatty()
+        progress = TrainProgress(max_steps, self.steps_per_epoch, enabled=bar)
+        self._max_steps = max_steps
+        self._runlog = RunLog(self.out_dir, enabled=self.info.is_main, tensorboard=cfg["tensorboard"],
+                              resume_step=self.step, progress_bar=bar,
+                              summary=startup_summary(self, max_steps) if self.info.is_main else [])
         last: dict[str, float] = {}
         tick, images = time.perf_counter(), 0
-        with progress:
+        with self._runlog, progress:
             progress.update(self.step, {})
             while self.step < max_steps:
                 epoch, start_batch = divmod(self.step, self.steps_per_epoch)
@@ -329,6 +337,7 @@ class Trainer:
                             f"{self.out_dir / CHECKPOINT}: run the same command to resume", signum)
                     if done:
                         break
+            self._runlog.note(f"done: step {self.step} of {max_steps} in {format_duration(self._runlog.elapsed())}")
         return {"step": self.step, **{k: v for k, v in last.items() if k in self.terms}}
 
     def _log(self, epoch: int, values: dict) -> None:
@@ -337,6 +346,8 @@ class Trainer:
         record = {"step": self.step, "epoch": epoch, **values, "failed_images": self.failed_images}
         with open(self.out_dir / LOG, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        self._runlog.step_line(self.step, self._max_steps, epoch, self.cfg["train"]["epochs"], record, self.terms)
+        self._runlog.scalars(record)  # TensorBoard: the same scalars at the same step
 
     def _truncate_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (those steps are redone)."""
