@@ -121,3 +121,33 @@ def test_a_non_finite_loss_is_one_error_line(tmp_path, capsys):
                  "optim.clip_grad=0", "train.max_steps=5"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: loss term") and "at step" in err
+
+
+def test_compare_keeps_runs_whose_folders_share_a_name(tmp_path, capsys):
+    """Before: a/run and b/run gave one row ('run') and shared one feature cache."""
+    import torch
+
+    from udi.cli import run_names
+    from udi.io.checkpoint import export_backbone
+    from udi.models.vit import build_vit
+
+    for i, parent in enumerate(("a", "b")):
+        torch.manual_seed(i)
+        (tmp_path / parent / "run").mkdir(parents=True)
+        export_backbone(tmp_path / parent / "run" / "backbone.safetensors",
+                        build_vit("vit_nano", patch_size=8, img_size=16, depth=1), {"step": 10 + i})
+    runs = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
+    out = tmp_path / "out"
+    assert main(["compare", *runs, "--data", "digits", "--protocols", "knn", "--max-images", "64", "--no-progress",
+                 "--out", str(out)]) == 0
+    rows = last_json(capsys)
+    assert list(rows) == ["a/run", "b/run"] and rows["a/run"] != rows["b/run"]
+    assert (out / "a_run" / "features_train.pt").is_file() and (out / "b_run" / "features_train.pt").is_file()
+    saved = json.loads((out / "compare.json").read_text())
+    assert [saved[n]["source"]["weights"] for n in rows] == [str(tmp_path.resolve() / p / "run") for p in "ab"]
+    assert [saved[n]["source"]["step"] for n in rows] == [10, 11]
+    assert run_names(["x/run", "y/other"]) == {"run": "x/run", "other": "y/other"}
+    assert list(run_names([str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run" / "backbone.safetensors")])) == [
+        "run", "backbone"]
+    with pytest.raises(ValueError, match="more than once"):
+        run_names(["x/run", "x/../x/run"])

@@ -35,7 +35,7 @@ def _suite_options(args) -> "SuiteOptions":
         image_size=args.image_size,
         batch_size=args.batch_size,
         linear_epochs=args.linear_epochs,
-        linear_augment=not args.linear_cached,
+        linear_augment=True if args.linear_augmented else False if args.linear_cached else None,
         selagg_epochs=args.selagg_epochs,
         dense_epochs=args.dense_epochs,
         max_images=args.max_images,
@@ -49,23 +49,41 @@ def _protocol_list(args) -> list[str] | None:
     return args.protocols.split(",") if args.protocols else None
 
 
-def evaluate(backbone, name: str, data: str, protocols, features, out: Path | None, device, options) -> dict:
-    """Run the suite on one backbone, print its table, write ``metrics.json`` and ``metrics.md`` in ``out``."""
-    from udi.eval.suite import images_note, run_suite, summarize
+def evaluate(backbone, name: str, data: str, protocols, features, out: Path | None, device, options,
+             weights: str | Path | None = None) -> dict:
+    """Run the suite on one backbone, print its table, write ``metrics.json`` and ``metrics.md`` in ``out``
+    (``metrics.json`` after each protocol too: an interrupted evaluation keeps what it finished)."""
+    from udi.eval.suite import images_note, linear_note, run_suite, summarize, write_results
     from udi.eval.tables import markdown_table, metric_table
 
     from udi.eval.baselines import chance_row
 
-    results = run_suite(backbone, data, protocols, features, out_dir=out, device=device, options=options)
+    save = (lambda partial: write_results(out / "metrics.json", partial)) if out is not None else None
+    results = run_suite(backbone, data, protocols, features, out_dir=out, device=device, options=options,
+                        weights=weights, on_protocol=save)
     row = summarize(results)
     chance = chance_row(results["chance"], list(row)) if "chance" in results else None
+    notes = [images_note(results), linear_note(results), source_note(results)]
+    notes = [n for n in notes if n]
     console.print(metric_table(row, f"{name} on {data}", chance))
-    console.print(escape(images_note(results)))
+    for note in notes:
+        console.print(escape(note))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        (out / "metrics.md").write_text(markdown_table({name: row}) + f"\n{images_note(results)}\n")
+        write_results(out / "metrics.json", results)
+        (out / "metrics.md").write_text(markdown_table({name: row}) + "\n" + "".join(f"{n}\n\n" for n in notes))
     return results
+
+
+def source_note(results: dict) -> str | None:
+    """One line naming what ``results`` were measured on (their ``source``)."""
+    source = results.get("source")
+    if not source:
+        return None
+    step = f" (step {source['step']})" if source.get("step") is not None else ""
+    sizes = source.get("images_used") or {}
+    return (f"source: {source.get('weights')}{step}, method {source.get('method') or 'unknown'}; data "
+            f"{source.get('data')} ({sizes.get('train')} train / {sizes.get('val')} val images), "
+            f"{source.get('image_size')} px; udi {source.get('udi_version')}, {source.get('date')}")
 
 
 def cmd_eval(args) -> int:
@@ -75,16 +93,17 @@ def cmd_eval(args) -> int:
     check_protocols(args.data, _protocol_list(args))  # before the (possibly slow) weights
     backbone = load_backbone(args.weights, num_heads=args.num_heads, pos_interp=args.pos_interp)
     if args.baselines:
-        runs = with_baselines({Path(args.weights).name: backbone}, args.weights)
+        name = Path(args.weights).name
+        runs = with_baselines({name: backbone}, args.weights)
         rows = compare_runs(runs, args.data, _protocol_list(args), Path(args.out) if args.out else None,
                             _device(args.device), _suite_options(args),
-                            args.features.split(",") if args.features else None)
+                            args.features.split(",") if args.features else None, weights={name: args.weights})
         print(json.dumps(rows))
         return 0
     results = evaluate(
         backbone, Path(args.weights).name, args.data, _protocol_list(args),
         args.features.split(",") if args.features else None, Path(args.out) if args.out else None,
-        _device(args.device), _suite_options(args),
+        _device(args.device), _suite_options(args), weights=args.weights,
     )
     print(json.dumps(results))
     return 0
@@ -104,30 +123,70 @@ def with_baselines(runs: dict, weights: str | Path | None, cfg: dict | None = No
     return {**runs, RANDOM_INIT: random_init(reference, cfg), **pixels}
 
 
-def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options, features=None) -> dict:
+def compare_runs(runs: dict, data: str, protocols, out: Path | None, device, options, features=None,
+                 weights: dict | None = None) -> dict:
     """Evaluate several backbones (name -> backbone, or a raw-pixel baseline) with the same
     protocols; one row each, then the chance row. features: as in ``run_suite`` (None: each
-    protocol's default)."""
+    protocol's default). weights: name -> the path each backbone came from (its results'
+    ``source``). Each run's feature cache is ``out/<its name as a folder name>`` (distinct
+    folders for distinct names); ``compare.json`` is rewritten after each protocol."""
     from udi.eval.baselines import CHANCE, RawPixels, pixel_note
-    from udi.eval.suite import check_protocols, comparison_rows, images_note, run_suite
+    from udi.eval.suite import check_protocols, comparison_rows, images_note, linear_note, run_suite, write_results
     from udi.eval.tables import compare_table, markdown_table
 
-    results = {}
+    results: dict = {}
+    folders = _unique_slugs(list(runs))
     for name, backbone in runs.items():
-        sub = out / _slug(name) if out else None
-        results[name] = run_suite(backbone, data, protocols, features, out_dir=sub, device=device, options=options)
+        sub = out / folders[name] if out else None
+
+        def save(partial, name=name):
+            write_results(out / "compare.json", {**results, name: partial})
+
+        results[name] = run_suite(backbone, data, protocols, features, out_dir=sub, device=device, options=options,
+                                  weights=(weights or {}).get(name), on_protocol=save if out else None)
     rows = comparison_rows(results)
     console.print(compare_table(rows, f"{data}: best per column marked *", width=console.width))
     pixels = [b for b in runs.values() if isinstance(b, RawPixels)]
-    if pixels:
-        console.print(pixel_note(pixels[0], check_protocols(data, protocols)))
+    notes = [pixel_note(pixels[0], check_protocols(data, protocols))] if pixels else []
     first = next(iter(results.values()))  # every row used the same images
-    console.print(escape(images_note(first)))
+    notes += [n for n in (images_note(first), linear_note(first)) if n]
+    notes += [f"{name}: {results[name]['source']['weights']}" for name in runs if (weights or {}).get(name)]
+    for note in notes:
+        console.print(escape(note))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(markdown_table(rows) + f"\n{images_note(first)}\n")
-        (out / "compare.json").write_text(json.dumps(results, indent=2))
+        (out / "compare.md").write_text(markdown_table(rows) + "\n" + "".join(f"{n}\n\n" for n in notes))
+        write_results(out / "compare.json", results)
     return {name: row for name, row in rows.items() if name != CHANCE}  # the models
+
+
+def run_names(paths: list[str]) -> dict[str, str]:
+    """A distinct, short name for each run path (name -> path): the folder or file name, with as
+    many parent folders as it takes to tell runs apart (``a/run``, ``b/run``); the same path
+    given twice is an error."""
+    full = [Path(p).resolve() for p in paths]
+    if len(set(full)) < len(full):
+        twice = sorted({str(f) for f in full if full.count(f) > 1})
+        raise ValueError(f"the same run is given more than once: {', '.join(twice)}")
+    parts = [f.parts[1:] if f.is_dir() else (*f.parts[1:-1], f.stem) for f in full]
+    depth = 1
+    while True:
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            return dict(zip(names, paths))
+        depth += 1
+
+
+def _unique_slugs(names: list[str]) -> dict[str, str]:
+    """A folder name per run name, distinct even where two names slug alike (``a/b`` and ``a_b``)."""
+    out, used = {}, set()
+    for name in names:
+        slug, n = _slug(name), 2
+        while slug.lower() in used:
+            slug, n = f"{_slug(name)}-{n}", n + 1
+        used.add(slug.lower())
+        out[name] = slug
+    return out
 
 
 def _slug(name: str) -> str:
@@ -139,14 +198,13 @@ def cmd_compare(args) -> int:
     from udi.models.pretrained import load_backbone
 
     check_protocols(args.data, _protocol_list(args))
-    runs = {}
-    for path in args.runs:
-        name = Path(path).name if Path(path).is_dir() else Path(path).stem
-        runs[name] = load_backbone(path)
+    paths = run_names(args.runs)  # distinct names: runs in folders named alike keep their own rows
+    runs = {name: load_backbone(path) for name, path in paths.items()}
     if args.baselines:
         runs = with_baselines(runs, args.runs[0])
     out = Path(args.out) if args.out else None
-    rows = compare_runs(runs, args.data, _protocol_list(args), out, _device(args.device), _suite_options(args))
+    rows = compare_runs(runs, args.data, _protocol_list(args), out, _device(args.device), _suite_options(args),
+                        weights=paths)
     print(json.dumps(rows))
     return 0
 
@@ -166,14 +224,15 @@ def cmd_demo(args) -> int:
     train_time = time.perf_counter() - start
     teacher = load_backbone(args.out)
     # Pixel rows: k-NN only (low-shot and richness probes on 3 x 32 x 32 values take minutes).
-    runs = with_baselines({f"{cfg['method']} teacher ({summary['step']} steps)": teacher}, None, cfg,
-                          pixel_protocols=("knn",))
+    teacher_name = f"{cfg['method']} teacher ({summary['step']} steps)"
+    runs = with_baselines({teacher_name: teacher}, None, cfg, pixel_protocols=("knn",))
     options = SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1, progress=True)
     # k-NN is cheap: show it beyond [cls] too ([cls+] of UDI, the mean patch token).
     knn_features = ["cls"] + (["cls+"] if teacher.n_cls >= 2 else []) + ["patch_mean"]
     rows = compare_runs(runs, cfg["data"]["name"], args.protocols.split(","), Path(args.out) / "eval",
                         _device(cfg["train"]["device"]), options,
-                        features={"knn": knn_features, "richness": knn_features})  # cls_cat: no richness (time)
+                        features={"knn": knn_features, "richness": knn_features},  # cls_cat: no richness (time)
+                        weights={teacher_name: args.out})
     from udi.eval.baselines import verdicts
 
     console.print("[bold]the trained teacher against its baselines[/bold] (same protocols, same images):")
@@ -287,7 +346,7 @@ def cmd_report(args) -> int:
         protocols = check_protocols(data, args.eval.split(","))
         console.print(escape(f"no evaluation results in {run}: running {', '.join(protocols)} on '{data}' into {run / 'eval'}"))
         evaluate(load_backbone(run), run.name, data, protocols, None, run / "eval", _device(args.device),
-                 SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1))
+                 SuiteOptions(linear_augment=False, linear_epochs=30, lowshot_repeats=1), weights=run)
     path = write_report(run, args.out, data=args.data, image_size=args.image_size, device=_device(args.device),
                         num_points=args.points)
     console.print(f"report: [bold]{escape(str(path))}[/bold]")
@@ -312,7 +371,7 @@ def _device(preference: str) -> torch.device:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from udi.eval.suite import PROTOCOLS
+    from udi.eval.suite import LINEAR_AUGMENT_MAX_TRAIN, PROTOCOLS
 
     parser = argparse.ArgumentParser(prog="udi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,7 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--image-size", type=int, default=None, help="evaluation crop size (default: the backbone's)")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--linear-epochs", type=int, default=100)
-        p.add_argument("--linear-cached", action="store_true", help="linear probe on cached features, no augmentation (fast)")
+        linear = p.add_mutually_exclusive_group()
+        linear.add_argument("--linear-cached", action="store_true",
+                            help="linear probe on cached features, no augmentation (fast; the default above "
+                                 f"{LINEAR_AUGMENT_MAX_TRAIN} train images)")
+        linear.add_argument("--linear-augmented", action="store_true",
+                            help="linear probe with augmentation, features recomputed every epoch (the default "
+                                 f"up to {LINEAR_AUGMENT_MAX_TRAIN} train images)")
         p.add_argument("--selagg-epochs", type=int, default=50)
         p.add_argument("--dense-epochs", type=int, default=20)
         p.add_argument("--max-images", type=int, help="only the first N images of each split (quick looks)")

@@ -50,7 +50,7 @@ def test_raw_pixels_fill_every_feature_column_and_skip_network_protocols():
     pixels = RawPixels(small_backbone(n_cls=2), center=False)
     results = run_suite(pixels, "digits", ["knn", "linear", "layers", "attnstats"],
                         {"knn": ["cls", "cls+", "patch_mean"]}, options=OPTIONS)
-    assert set(results) == {"seconds", "images", "chance", "knn", "linear"}  # no network: no layers, no attention
+    assert set(results) == {"source", "seconds", "images", "chance", "knn", "linear"}  # no network: no layers, no attention
     assert results["knn"]["cls"] == results["knn"]["cls+"] == results["knn"]["patch_mean"]
     assert set(results["linear"]) == {"last2"} and results["linear"]["last2"]["augmented"] is False
     assert set(pixel_baselines(small_backbone())) == {RAW_PIXELS, RAW_PIXELS_CENTERED}
@@ -118,7 +118,7 @@ def test_pixel_rows_can_leave_slow_protocols_out():
 
     pixels = RawPixels(small_backbone(), center=True, protocols=("knn",))
     results = run_suite(pixels, "digits", ["knn", "lowshot"], options=OPTIONS)
-    assert set(results) == {"seconds", "images", "chance", "knn"}
+    assert set(results) == {"source", "seconds", "images", "chance", "knn"}
     assert pixel_note(pixels, ["knn", "lowshot", "dense"]).endswith("; lowshot not run for them here (slow on pixels)")
     assert pixel_note(RawPixels(small_backbone(), center=False), ["knn"]).endswith("are not run for them")
     with pytest.raises(ValueError, match="raw pixels cannot run \\['dense'\\]"):

@@ -27,8 +27,9 @@ def test_every_protocol_end_to_end_on_scenes(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--weights", str(weights), "--data", "scenes", "--out", str(out), *FAST]) == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(results) == {"seconds", "images", "chance", "knn", "linear", "lowshot", "selagg", "layers", "dense",
-                            "richness", "attnstats"}
+    assert set(results) == {"source", "seconds", "images", "chance", "knn", "linear", "lowshot", "selagg", "layers",
+                            "dense", "richness", "attnstats"}
+    assert list(results["seconds"]) == ["knn", "lowshot", "layers", "richness", "dense", "attnstats", "selagg", "linear"]
     assert results["images"]["attnstats"] == {"train": 0, "val": 300} and results["images"]["knn"]["train"] == 300
     assert set(results["chance"]) == {"label", "present", "color", "position", "count", "background"}
     assert all(0 < v < 100 for v in results["chance"].values())
@@ -163,3 +164,86 @@ def test_a_torn_feature_cache_is_recomputed(tmp_path):
     assert summarize(first) == summarize(second)
     assert torch.load(cache, weights_only=True)["key"]  # replaced by a whole one
     assert not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def test_fast_protocols_run_first_whatever_the_order_asked():
+    from udi.eval.suite import PROTOCOLS, check_protocols
+
+    assert PROTOCOLS == ("knn", "lowshot", "layers", "richness", "dense", "attnstats", "selagg", "linear")
+    assert check_protocols("scenes", ["linear", "selagg", "knn", "lowshot"]) == ["knn", "lowshot", "selagg", "linear"]
+    assert check_protocols("digits", None) == ["knn", "lowshot", "layers", "attnstats", "selagg", "linear"]
+
+
+def test_metrics_json_names_its_source(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_vit("vit_nano", patch_size=8, img_size=16, n_cls=2, depth=2)
+    model.pretrain_method = "udi"
+    export_backbone(tmp_path / "backbone.safetensors", model, {"method": "udi", "step": 7})
+    out = tmp_path / "eval"
+    assert main(["eval", "knn", "--weights", str(tmp_path), "--data", "digits", "--out", str(out),
+                 "--max-images", "64", "--no-progress"]) == 0
+    source = json.loads((out / "metrics.json").read_text())["source"]
+    assert source["weights"] == str(tmp_path.resolve()) and source["step"] == 7 and source["method"] == "udi"
+    assert source["architecture"]["embed_dim"] == 96 and source["architecture"]["depth"] == 2
+    assert source["data"] == "digits" and source["data_sizes"] == {"train": 1438, "val": 359}
+    assert source["images_used"] == {"train": 64, "val": 64}
+    assert source["image_size"] == 16 and source["crop_fraction"] == 1.0 and source["protocols"] == ["knn"]
+    assert source["features"] == {"knn": ["cls"]}
+    assert source["options"]["knn_k"] == [10, 20, 100, 200] and source["options"]["max_images"] == 64
+    import udi
+
+    assert source["udi_version"] == udi.__version__ and source["date"][:2] == "20"
+    note = "".join((out / "metrics.md").read_text().split())
+    assert "".join(f"source: {tmp_path.resolve()} (step 7), method udi".split()) in note
+
+
+def test_an_interrupted_evaluation_keeps_the_protocols_it_finished(tmp_path, monkeypatch):
+    from udi.cli import evaluate
+    from udi.eval import runners
+    from udi.models.pretrained import load_backbone
+
+    def broken(**_):
+        raise RuntimeError("lowshot broke")
+
+    monkeypatch.setattr(runners, "run_lowshot", broken)
+    weights = tiny_backbone(tmp_path)
+    out = tmp_path / "eval"
+    options = SuiteOptions(max_images=64, progress=False)
+    with pytest.raises(RuntimeError, match="lowshot broke"):  # knn runs first, whatever the order given
+        evaluate(load_backbone(weights), "tiny", "digits", ["lowshot", "knn"], None, out, "cpu", options, weights)
+    partial = json.loads((out / "metrics.json").read_text())
+    assert "knn" in partial and "lowshot" not in partial and partial["source"]["protocols"] == ["knn", "lowshot"]
+    assert set(partial["seconds"]) == {"knn"} and "chance" in partial
+
+
+@pytest.mark.parametrize("threshold, asked, augmented", [(100, None, True), (10, None, False), (10, True, True),
+                                                         (100, False, False)])
+def test_linear_probe_is_cached_by_default_above_a_train_size(tmp_path, monkeypatch, threshold, asked, augmented):
+    from udi.eval import runners, suite
+    from udi.eval.suite import linear_note
+
+    calls = []
+    fake = {"linear_top1_best": 50.0, "linear_top1_final": 50.0}
+    monkeypatch.setattr(runners, "train_linear_augmented", lambda *a, **k: calls.append("augmented") or dict(fake))
+    monkeypatch.setattr(runners, "train_linear_on_features", lambda *a, **k: calls.append("cached") or dict(fake))
+    monkeypatch.setattr(suite, "LINEAR_AUGMENT_MAX_TRAIN", threshold)
+    from udi.models.pretrained import load_backbone
+
+    backbone = load_backbone(tiny_backbone(tmp_path))
+    options = SuiteOptions(max_images=40, progress=False, linear_augment=asked)
+    results = run_suite(backbone, "digits", ["linear"], options=options)
+    assert calls == ["augmented" if augmented else "cached"]
+    assert results["linear"]["last2"]["augmented"] is augmented
+    assert results["source"]["options"]["linear_augment"] is augmented
+    assert linear_note(results).startswith("linear probe: augmented" if augmented else "linear probe: cached")
+
+
+def test_linear_probe_flags_on_the_command_line():
+    from udi.cli import _suite_options, build_parser
+
+    parse = lambda *a: _suite_options(build_parser().parse_args(["eval", "--weights", "w", "--data", "d", *a]))
+    assert parse().linear_augment is None
+    assert parse("--linear-cached").linear_augment is False
+    assert parse("--linear-augmented").linear_augment is True
+    with pytest.raises(SystemExit):
+        parse("--linear-cached", "--linear-augmented")

@@ -63,6 +63,9 @@ def test_report_runs_the_evaluation_when_asked_and_shows_it(tiny_run, capsys):
     assert len(sizes) == 1 + NUM_IMAGES + 1  # curves, one attention grid per image, PCA
     assert all(w > 100 and h > 100 for w, h in sizes)
     assert "eval/metrics.json" in text and "knn k20 [cls]" in text and f"{knn:.2f}" in text
+    source = json.loads((tiny_run / "eval" / "metrics.json").read_text())["source"]
+    assert "measured on" in text and str(tiny_run.resolve()) in text and source["date"] in text  # its source
+    assert f"{source['images_used']['train']} / {source['images_used']['val']}" in text
     assert "too small to look at: built-in photos (astronaut, coffee, chelsea)" in text  # 8 px digits
     assert "patch_size: 4" in text and "SRS rows" in text  # the config, the SRS note
 

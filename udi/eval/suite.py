@@ -13,7 +13,9 @@ import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -27,7 +29,12 @@ from udi.eval.subsets import dataset_labels, stratified_indices, stratified_subs
 from udi.io.checkpoint import atomic_write
 from udi.models.vit import VisionTransformer
 
-PROTOCOLS = ("knn", "linear", "lowshot", "selagg", "layers", "dense", "richness", "attnstats")
+# In the order they run: the fast ones first, so that an interrupted evaluation has kept them
+# (``metrics.json`` is rewritten after each protocol).
+PROTOCOLS = ("knn", "lowshot", "layers", "richness", "dense", "attnstats", "selagg", "linear")
+# Above this many train images the linear probe defaults to cached features (one pass over the
+# data instead of one per epoch); ``SuiteOptions.linear_augment=True`` asks for the augmented one.
+LINEAR_AUGMENT_MAX_TRAIN = 10_000
 SCENES_ONLY = ("dense", "richness")  # need the masks and attribute targets of `scenes`
 FEATURE_PROTOCOLS = ("knn", "linear", "lowshot", "richness")  # the ones --features applies to
 
@@ -39,7 +46,9 @@ class SuiteOptions:
     knn_k: tuple[int, ...] = (10, 20, 100, 200)
     knn_temperature: float = 0.07
     linear_epochs: int = 100
-    linear_augment: bool = True  # recompute features per epoch with the protocol's augmentation
+    # True: recompute features per epoch with the protocol's augmentation; False: cached features;
+    # None: augmented up to LINEAR_AUGMENT_MAX_TRAIN train images, cached above.
+    linear_augment: bool | None = None
     selagg_epochs: int = 50
     dense_epochs: int = 20
     lowshot_repeats: int = 3
@@ -94,7 +103,8 @@ def supported_protocols(data: str) -> list[str]:
 
 
 def check_protocols(data: str, protocols: list[str] | None) -> list[str]:
-    """The protocols to run (default: all that ``data`` supports); a clear error otherwise."""
+    """The protocols to run (default: all that ``data`` supports), in the order of ``PROTOCOLS``
+    (fast ones first) whatever the order asked; a clear error otherwise."""
     supported = supported_protocols(data)
     protocols = protocols or supported
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -103,7 +113,7 @@ def check_protocols(data: str, protocols: list[str] | None) -> list[str]:
     unsupported = [p for p in protocols if p not in supported]
     if unsupported:
         raise ValueError(f"protocol(s) {', '.join(unsupported)} need the masks and targets of 'scenes', not '{data}'")
-    return protocols
+    return [p for p in PROTOCOLS if p in protocols]
 
 
 def default_features(protocol: str, backbone: VisionTransformer) -> list[str]:
@@ -215,10 +225,16 @@ def run_suite(
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     options: SuiteOptions | None = None,
+    weights: str | Path | None = None,
+    on_protocol: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run ``protocols`` (default: all that ``data`` supports) and return the nested results,
-    with ``results["seconds"]`` the time each protocol took (feature extraction included) and
-    ``results["images"]`` the train and val images it used (``{"knn": {"train": n, "val": m}}``).
+    """Run ``protocols`` (default: all that ``data`` supports, fast ones first: ``PROTOCOLS``)
+    and return the nested results, with ``results["seconds"]`` the time each protocol took
+    (feature extraction included), ``results["images"]`` the train and val images it used
+    (``{"knn": {"train": n, "val": m}}``) and ``results["source"]`` what they were measured on
+    (``provenance``: the ``weights`` path and step, method, architecture, data, sizes, options,
+    udi version, date). ``on_protocol(results)`` is called after each protocol with the results
+    so far (``udi eval`` rewrites ``metrics.json`` there, so an interrupted run keeps them).
 
     ``features`` replaces the default feature choice of knn, linear, lowshot and richness: a
     list for all four, or a dict protocol -> list for some of them (the others keep theirs).
@@ -248,11 +264,15 @@ def run_suite(
         protocols = [p for p in protocols if p in backbone.protocols]
         options = dataclasses.replace(options, linear_augment=False)  # no network to augment through
     train_set, val_set = labelled_splits(data)
+    full_sizes = {"train": len(train_set), "val": len(val_set)}
     train_set, val_set = (stratified_subset(s, options.max_images, options.seed) for s in (train_set, val_set))
+    if options.linear_augment is None:
+        options = dataclasses.replace(options, linear_augment=len(train_set) <= LINEAR_AUGMENT_MAX_TRAIN)
     cache = FeatureCache(backbone, data, train_set, val_set, _plan(protocols, chosen), options, device, out_dir)
     from udi.eval import runners
 
-    results: dict = {"seconds": {}, "images": {}}
+    results: dict = {"source": provenance(backbone, weights, data, cache, full_sizes, protocols, chosen, options),
+                     "seconds": {}, "images": {}}
     for protocol in protocols:
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -266,9 +286,81 @@ def run_suite(
             results[protocol] = {f: results[protocol]["pixels"] for f in chosen[protocol]}
         results["seconds"][protocol] = round(time.perf_counter() - start, 1)
         results["images"][protocol] = _images_used(protocol, cache, options)
-    if {"train", "val"} <= set(cache.banks):  # not worth a feature pass of its own (attnstats alone)
-        results["chance"] = chance_levels(cache.banks["train"][1], cache.banks["val"][1])
+        if {"train", "val"} <= set(cache.banks):  # not worth a feature pass of its own (attnstats alone)
+            results["chance"] = chance_levels(cache.banks["train"][1], cache.banks["val"][1])
+        if on_protocol is not None:
+            on_protocol(results)
     return results
+
+
+def weights_step(weights: str | Path | None) -> int | None:
+    """The training step of a run's weights (``step`` in a udi ``backbone.safetensors``'s metadata,
+    the run directory's or the one beside a ``checkpoint.pt``), None when unknown (published weights)."""
+    if weights is None:
+        return None
+    path = Path(weights)
+    if path.is_dir() or path.suffix == ".pt":
+        path = (path if path.is_dir() else path.parent) / "backbone.safetensors"
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            step = (handle.metadata() or {}).get("step")
+        return int(step) if step is not None else None
+    except Exception:  # not ours, unreadable: no step to report
+        return None
+
+
+def provenance(backbone, weights, data: str, cache: FeatureCache, full_sizes: dict[str, int], protocols: list[str],
+               features: dict[str, list[str]], options: SuiteOptions) -> dict:
+    """What a result was measured on, written into ``metrics.json`` / ``compare.json``: the weights
+    (resolved path, step), method, architecture, data set (built-in name or resolved folder, its
+    train/val sizes and the sizes used), evaluation image size and crop, the features and protocol
+    options, the udi version and the date."""
+    import udi
+
+    pixels = isinstance(backbone, RawPixels)
+    folder = data not in BUILTIN_DATASETS
+    return {
+        "weights": str(Path(weights).resolve()) if weights is not None else (backbone.identity if pixels else None),
+        "step": weights_step(weights),
+        "method": getattr(backbone, "pretrain_method", None),
+        "architecture": None if pixels else backbone.arch_config(),
+        "data": str(Path(data).resolve()) if folder else data,
+        "data_sizes": full_sizes,
+        "images_used": {"train": len(cache.sets["train"]), "val": len(cache.sets["val"])},
+        "image_size": cache.image_size,
+        "crop_fraction": cache.crop_fraction,
+        **({"canvas_size": EVAL_CANVAS_SIZE} if folder else {}),
+        "protocols": list(protocols),
+        "features": {p: f for p, f in features.items() if p in protocols},
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()
+                    if k != "progress"},
+        "udi_version": udi.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def linear_note(results: dict) -> str | None:
+    """How the linear probe of ``results`` was trained (None when it did not run)."""
+    linear = results.get("linear") or {}
+    augmented = {m.get("augmented") for m in linear.values() if isinstance(m, dict)}
+    if not augmented:
+        return None
+    if augmented == {True}:
+        return "linear probe: augmented (features recomputed every epoch)"
+    return (f"linear probe: cached features, no augmentation (the default above {LINEAR_AUGMENT_MAX_TRAIN} train "
+            "images; --linear-augmented for the augmented probe)")
+
+
+def write_results(path: str | Path, results: dict) -> None:
+    """``results`` as JSON at ``path``, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _images_used(protocol: str, cache: FeatureCache, options: SuiteOptions) -> dict[str, int]:

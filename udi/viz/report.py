@@ -118,8 +118,45 @@ def _eval_section(run_dir: Path, data: str | None) -> str:
             parts.append(_note(f"{path}: not readable as udi evaluation results ({type(error).__name__}: {error})"))
             continue
         parts.append(f"<h3>{html.escape(str(path.relative_to(run_dir)))}</h3>" + (
-            html_table(rows) if any(rows.values()) else _note("no summarised metrics in this file")))
+            html_table(rows) if any(rows.values()) else _note("no summarised metrics in this file"))
+            + source_html(path))
     return "\n".join(parts)
+
+
+SOURCE_FIELDS = (("weights", "weights"), ("step", "step"), ("method", "method"), ("data", "data"),
+                 ("images_used", "images (train / val)"), ("data_sizes", "data set size (train / val)"),
+                 ("image_size", "image size"), ("features", "features"), ("udi_version", "udi"), ("date", "date"))
+
+
+def _source_value(key: str, value) -> str:
+    if isinstance(value, dict) and key in ("images_used", "data_sizes"):
+        return f"{value.get('train')} / {value.get('val')}"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def source_html(path: Path) -> str:
+    """What the results of ``path`` were measured on (their ``source``): a table, one column per
+    model ('' for files written before udi recorded it)."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    models = results if path.name == "compare.json" else {"": results}
+    sources = {name: r["source"] for name, r in models.items() if isinstance(r, dict) and isinstance(r.get("source"), dict)}
+    if not sources:
+        return ""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in sources) if path.name == "compare.json" else "<th></th>"
+    lines = [f"<table><tr><th>measured on</th>{head}</tr>"]
+    for key, label in SOURCE_FIELDS:
+        cells = "".join(f'<td class="metric">{html.escape(_source_value(key, s.get(key)))}</td>' for s in sources.values())
+        lines.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    options = next(iter(sources.values())).get("options") or {}
+    if options:
+        text = ", ".join(f"{k}={v}" for k, v in options.items())
+        lines.append(f'<tr><th>protocol options</th><td class="metric" colspan="{len(sources)}">{html.escape(text)}</td></tr>')
+    return "\n".join(lines + ["</table>"])
 
 
 def _curves_section(run_dir: Path) -> str:
