@@ -1,6 +1,6 @@
 """GPU benchmark of pretraining: images/s and MFU of ViT-S/16 UDI and DINO (results: BENCHMARKS.md).
 
-The models are those of configs/udi_vits16_in1k_300ep.yaml and configs/dino_vits16_in1k_300ep.yaml
+The models are those of udi/configs/udi_vits16_in1k_300ep.yaml and udi/configs/dino_vits16_in1k_300ep.yaml
 (ViT-S/16, 2 globals of 224 px, 10 locals of 96 px, K = 65536 prototypes, bf16 autocast) on a fixed
 batch of synthetic ``scenes`` canvases of 256 px (the recipes' canvas size; ``data.crops: canvas``:
 the crops are cut on the device), batch 64 on one device, each with ``train.compile`` off and on. A

@@ -19,10 +19,17 @@ from udi.train.stop import TrainingStopped
 console = Console(stderr=True)
 
 
+def run_dir_argument(path: str | Path, option: str = "--out") -> None:
+    """A run directory to write: new or a folder, not a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file; expected a run directory (a new or an existing folder)")
+
+
 def cmd_pretrain(args) -> int:
     from udi.train.loop import pretrain
 
     cfg = load_config(resolve_config_path(args.config) if args.config else None, args.overrides)
+    run_dir_argument(args.out)
     summary = pretrain(cfg, args.out)
     print(json.dumps(summary))
     return 0
@@ -217,6 +224,7 @@ def cmd_demo(args) -> int:
     from udi.train.loop import pretrain
 
     cfg = load_config(resolve_config_path(args.config), args.overrides)
+    run_dir_argument(args.out)
     start = time.perf_counter()
     console.print(f"[bold]udi demo[/bold]: {cfg['method']} pretraining of {cfg['model']['arch']} on "
                   f"'{cfg['data']['name']}' into {escape(str(args.out))}")
@@ -373,11 +381,19 @@ def _device(preference: str) -> torch.device:
 def build_parser() -> argparse.ArgumentParser:
     from udi.eval.suite import LINEAR_AUGMENT_MAX_TRAIN, PROTOCOLS
 
-    parser = argparse.ArgumentParser(prog="udi", description=__doc__)
+    from udi import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="udi", description=__doc__,
+        epilog="The methods (views, SRS, losses, schedules) and the evaluation protocols: docs/methods.md "
+               "in the udi repository; config keys: its README.md, section Config.")
+    parser.add_argument("--version", action="version", version=f"udi {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one 'error:' line (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining (UDI, DINO or Bootleg: the config's method); resumes from RUN_DIR/checkpoint.pt")
-    p.add_argument("--config", help="a YAML config file or the name of a shipped one (configs/)")
+    p.add_argument("--config", help="a YAML config file or the name of a shipped one (udi/configs/: udi_cpu_demo, ...)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.batch_size=32")
     p.set_defaults(func=cmd_pretrain)
@@ -404,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add reference rows measured the same way: random init (the run's step-0 weights where "
                             "its config.yaml is known) and raw pixels, with and without each image's mean removed")
 
-    p = sub.add_parser("eval", help="evaluate a frozen backbone with the protocols of METHODS.md section 6")
+    p = sub.add_parser("eval", help="evaluate a frozen backbone with the protocols of docs/methods.md section 6")
     p.add_argument("protocol", nargs="?", choices=PROTOCOLS, help="shorthand for --protocols PROTOCOL")
     p.add_argument("--weights", required=True, help="run directory, backbone.safetensors, checkpoint.pt, or DINO/timm ViT weights")
     p.add_argument("--features", help="comma-separated: cls, cls+, cls_cat, patch_mean, lastN (default: each protocol's)")
@@ -504,16 +520,50 @@ def pos_interp_argument(p) -> None:
                         "unless recorded; dino / timm: as their published models)")
 
 
+def _interrupted(args) -> str:
+    """The line for a Ctrl-C outside the training loop's own handling (start-up, a second Ctrl-C
+    while the checkpoint is written, an evaluation): where a run can resume from."""
+    if getattr(args, "command", None) != "pretrain":
+        return "interrupted"
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        return "interrupted before the first checkpoint; rerun the same command to start again"
+    try:  # mmap: reads the step, not the whole file
+        step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"]
+    except Exception:  # noqa: BLE001 - a damaged file: say so, do not fail again
+        return f"interrupted; {checkpoint} could not be read"
+    return f"interrupted; the last checkpoint is step {step} ({checkpoint}); rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Each user mistake ends as one ``error:`` line and a non-zero exit; ``--debug`` (anywhere on the
+    line) shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except TrainingStopped as stopped:
-        console.print(f"[yellow]stopped:[/yellow] {escape(str(stopped))}")
+    except TrainingStopped as stopped:  # SIGINT / SIGTERM in the training loop, after its checkpoint
+        if debug:
+            raise
+        console.print(f"[yellow]{escape(str(stopped))}[/yellow]")
         return 128 + stopped.signum if stopped.signum else 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        console.print(f"[yellow]{escape(_interrupted(args))}[/yellow]")
+        return 130
     except (ConfigError, OSError, ValueError, FloatingPointError) as error:  # OSError: a missing file, a full disk; FloatingPointError: a NaN loss
+        if debug:
+            raise
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
+    except Exception as error:  # noqa: BLE001 - not a known user mistake: one line still, the traceback on request
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {escape(f'{type(error).__name__}: {error}')} "
+                      "(unexpected: rerun with --debug for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ silently ignored). Values from the command line are parsed as YAML scalars, so
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "alpha": 0.5,  # weight of the patch profile in the [cls+] target
         "srs_heads": None,  # None: the backbone's number of heads
     },
-    "bootleg": {  # method: bootleg (METHODS.md section 5); model.* is the encoder, views.global_size its crop
+    "bootleg": {  # method: bootleg (docs/methods.md section 5); model.* is the encoder, views.global_size its crop
         "target_layers": "auto",  # "auto": blocks at depths L/4, L/2, 3L/4, L; or a list of 0-based block indices
         "predictor_depth": 6,
         "predictor_dim": None,  # None: half the encoder's width
@@ -104,13 +105,13 @@ DEFAULTS: dict[str, Any] = {
         "warmup_teacher_temp": 0.04,
         "warmup_teacher_temp_epochs": 30,
         "center_momentum": 0.9,
-        # How teacher logits become targets: "center" (DINO/UDI, METHODS.md) or "sinkhorn"
+        # How teacher logits become targets: "center" (DINO/UDI, docs/methods.md) or "sinkhorn"
         # (Sinkhorn-Knopp balancing as in SwAV/DINOv2: no collapse to one prototype, so a
-        # short run can use a sharp teacher; see configs/udi_cpu_demo.yaml).
+        # short run can use a sharp teacher; see udi/configs/udi_cpu_demo.yaml).
         "centering": "center",
         "sinkhorn_iters": 3,
         # KoLeo (DINOv2) on the student's normed [cls] of each global view, added to the loss with
-        # this weight (DINOv2: 0.1); 0 = off, METHODS.md's loss.
+        # this weight (DINOv2: 0.1); 0 = off, docs/methods.md's loss.
         "koleo_weight": 0.0,
     },
     "optim": {
@@ -171,6 +172,26 @@ class ConfigError(ValueError):
     """A config file or override that names an unknown key or a bad value."""
 
 
+def did_you_mean(word: str, options) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options`` to a mistyped ``word``, else ""."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Every key of ``tree`` as ``a.b``, sections included."""
+    keys = []
+    for key, value in tree.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _unknown_key(source: str, dotted: str) -> ConfigError:
+    return ConfigError(f"{source}: unknown config key '{dotted}'{did_you_mean(dotted, _dotted_keys(DEFAULTS))}")
+
+
 def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string: parse numbers for numeric keys, refuse other strings."""
     numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
@@ -187,7 +208,7 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
-            raise ConfigError(f"{source}: unknown config key '{dotted}'")
+            raise _unknown_key(source, dotted)
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{dotted}' must be a mapping of keys, got {value!r}")
@@ -202,10 +223,10 @@ def set_key(cfg: dict, dotted: str, value: Any, source: str = "override") -> Non
     parts = dotted.split(".")
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
-            raise ConfigError(f"{source}: unknown config key '{dotted}'")
+            raise _unknown_key(source, dotted)
         node = node[part]
     if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-        raise ConfigError(f"{source}: unknown config key '{dotted}'")
+        raise _unknown_key(source, dotted)
     node[parts[-1]] = _coerce(node[parts[-1]], value, dotted, source)
 
 
@@ -299,7 +320,7 @@ def validate(cfg: dict) -> None:
     for key, allowed in CHOICES.items():
         value = get_key(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}")
+            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}{did_you_mean(value, allowed)}")
     data = cfg["data"]
     if sum(data[key] is not None for key in ("name", "path", "shards")) != 1:
         raise ConfigError("set exactly one of 'data.name' (a built-in data set), 'data.path' (a folder) "
@@ -412,8 +433,8 @@ def dump_config(cfg: dict, path: str | Path) -> None:
 
 
 def config_dir() -> Path:
-    """The shipped ``configs/`` folder (repository root)."""
-    return Path(__file__).resolve().parent.parent / "configs"
+    """The shipped configs: ``udi/configs/`` (package data, installed with the package)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -421,11 +442,14 @@ def resolve_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config {name_or_path} is a folder; expected a YAML file or the name of a shipped config")
     for candidate in (config_dir() / name_or_path, config_dir() / f"{name_or_path}.yaml"):
         if candidate.is_file():
             return candidate
     shipped = sorted(p.stem for p in config_dir().glob("*.yaml"))
-    raise ConfigError(f"config not found: {name_or_path} (shipped configs: {', '.join(shipped)})")
+    raise ConfigError(f"config not found: {name_or_path} (shipped configs: {', '.join(shipped)})"
+                      f"{did_you_mean(Path(name_or_path).stem, shipped)}")
 
 
 def crop_mode(cfg: dict) -> str:

@@ -1,4 +1,4 @@
-"""Tests of UDI view sampling, SRS masks and correspondence maps (METHODS.md section 2)."""
+"""Tests of UDI view sampling, SRS masks and correspondence maps (docs/methods.md section 2)."""
 import math
 
 import pytest

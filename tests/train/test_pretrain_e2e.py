@@ -290,7 +290,8 @@ def test_sigterm_checkpoints_the_current_step_then_resume_is_exact(tmp_path, sig
     step = torch.load(stopped / "checkpoint.pt", weights_only=True)["step"]
     assert 3 <= step < 20
     message = " ".join(err.split())
-    assert f"stopped by {signal.Signals(signum).name} after step {step} of 20" in message and "Traceback" not in err
+    assert (f"interrupted by {signal.Signals(signum).name} at step {step} of 20; the last checkpoint is step {step} "
+            in message and "rerun the same command to resume" in message and "Traceback" not in err)
     subprocess.run(_cli(stopped, *args), check=True, capture_output=True)
     assert_same_state(full, stopped)
 

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from udi.config import did_you_mean
 from udi.data.scenes import ScenesDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -362,6 +363,7 @@ def build_dataset(
         return ArrayDataset(images[keep], labels[keep], classes=[str(d) for d in range(10)])
     raise ValueError(
         f"unknown data set {name!r}; built-in data sets: {', '.join(BUILTIN_DATASETS)} (or give a folder path)"
+        f"{did_you_mean(name, BUILTIN_DATASETS)}"
     )
 
 

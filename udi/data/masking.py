@@ -45,7 +45,7 @@ def block_size(grid: int, scale: float, aspect: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """Multi-block masking settings (defaults: I-JEPA's ImageNet ones, METHODS.md section 5)."""
+    """Multi-block masking settings (defaults: I-JEPA's ImageNet ones, docs/methods.md section 5)."""
 
     grid: int  # side of the patch grid
     n_targets: int = 4

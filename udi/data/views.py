@@ -1,6 +1,6 @@
 """UDI views: crop boxes, Stratified Random Sampling (SRS) masks and correspondence maps.
 
-Implements METHODS.md section 2. Boxes are ``(x0, y0, x1, y1)`` in normalised
+Implements docs/methods.md section 2. Boxes are ``(x0, y0, x1, y1)`` in normalised
 image coordinates (0..1); a horizontally flipped crop has ``x0 > x1``. Grid point
 ``k`` of an ``F x F`` patch grid sits at fraction ``k / (F - 1)`` of its box along
 each axis (corner-aligned, flips included), which is also where
@@ -128,7 +128,7 @@ def sample_crop_boxes(
 
 
 def shift_towards(boxes: Tensor, ref: Tensor) -> Tensor:
-    """Shift boxes towards a reference box so that they overlap it (METHODS.md step 2).
+    """Shift boxes towards a reference box so that they overlap it (docs/methods.md step 2).
 
     Per axis, towards the reference's centre: if the intervals are disjoint, shift by
     the gap; if their overlap is then at most half the smaller side, shift by a
@@ -158,7 +158,7 @@ def _bounding_box(a: Tensor, b: Tensor) -> Tensor:
 
 
 def sample_views(aspect: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
-    """Boxes of all UDI views of a batch (METHODS.md steps 1-3).
+    """Boxes of all UDI views of a batch (docs/methods.md steps 1-3).
 
     View 0 is g1, view 1 is g2 (shifted towards g1), views 2.. are the locals (shifted
     towards the bounding box of g1 and g2). Flips come last: each view is flipped

@@ -1,4 +1,4 @@
-"""Attention statistics per block (Beyond [cls]; METHODS.md section 6).
+"""Attention statistics per block (Beyond [cls]; docs/methods.md section 6).
 
 For every block, averaged over heads and images:
 

@@ -1,4 +1,4 @@
-"""Dense linear probe on frozen patch tokens, scored by mean IoU (METHODS.md section 6).
+"""Dense linear probe on frozen patch tokens, scored by mean IoU (docs/methods.md section 6).
 
 A 1x1 linear classifier maps every patch token (after the final norm) to C class
 logits; the logits on the g x g patch grid are upsampled bilinearly

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
+from udi.config import did_you_mean
 from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, load_image
 from udi.eval.features import EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, eval_crops, select_features
 from udi.models.vit import VisionTransformer
@@ -214,6 +215,7 @@ def embedding_dataset(data: str, split: str = "all") -> tuple[Dataset, Callable[
     if not path.exists():
         raise FileNotFoundError(
             f"data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) nor an existing folder"
+            f"{did_you_mean(data, BUILTIN_DATASETS)}"
         )
     folder = build_dataset(path=str(path), split=split, canvas_size=EVAL_CANVAS_SIZE)
     assert isinstance(folder, ImageFolderDataset)

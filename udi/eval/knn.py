@@ -1,4 +1,4 @@
-"""Weighted k-NN classification, DINO protocol (METHODS.md section 6).
+"""Weighted k-NN classification, DINO protocol (docs/methods.md section 6).
 
 Cosine similarity of L2-normalised features; each of the k nearest training images votes
 for its label with weight ``exp(sim / T)`` (T = 0.07); the class with most weight wins.

@@ -1,4 +1,4 @@
-"""Layer-wise probes (METHODS.md section 6): k-NN, and optionally a linear probe, on the
+"""Layer-wise probes (docs/methods.md section 6): k-NN, and optionally a linear probe, on the
 output of every transformer block, for the [cls] token and the mean patch token, to
 find the most informative layer (information the last block may have compressed away).
 

@@ -1,4 +1,4 @@
-"""Linear probe on a frozen backbone, DINO protocol (METHODS.md section 6).
+"""Linear probe on a frozen backbone, DINO protocol (docs/methods.md section 6).
 
 A single ``nn.Linear`` (weights N(0, 0.01), zero bias) trained with cross-entropy, SGD
 with momentum 0.9, a cosine learning-rate schedule over all steps and no weight decay

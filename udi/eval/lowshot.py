@@ -1,4 +1,4 @@
-"""Low-shot evaluation (METHODS.md section 6): logistic regression on frozen features
+"""Low-shot evaluation (docs/methods.md section 6): logistic regression on frozen features
 trained with 1% / 10% of the labels.
 
 For each fraction and each of ``repeats`` seeded random subsets:

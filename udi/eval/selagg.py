@@ -1,4 +1,4 @@
-"""Selective Aggregation probe (Przewięźlikowski et al., "Beyond [cls]"; METHODS.md section 6).
+"""Selective Aggregation probe (Przewięźlikowski et al., "Beyond [cls]"; docs/methods.md section 6).
 
 Attention-based multiple-instance pooling over frozen patch tokens (the last block's
 output *before* the final norm): a score per token, softmax over the tokens, the

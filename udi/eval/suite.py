@@ -1,4 +1,4 @@
-"""The evaluation suite: every protocol of METHODS.md section 6 on one frozen backbone.
+"""The evaluation suite: every protocol of docs/methods.md section 6 on one frozen backbone.
 
 Features are extracted once per split (one pass computes everything the chosen protocols
 need) and cached in the output directory. Results are nested by protocol and feature:
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from udi.config import did_you_mean
 from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, folder_classes
 from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
 from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
@@ -68,7 +69,7 @@ def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size:
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             raise FileNotFoundError(
                 f"evaluation data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
-                "nor a folder with train/ and val/ subfolders"
+                f"nor a folder with train/ and val/ subfolders{'' if root.exists() else did_you_mean(data, BUILTIN_DATASETS)}"
             )
         return labelled_folder_splits(root, canvas_size)
     return build_dataset(split="train", **kwargs), build_dataset(split="val", **kwargs)

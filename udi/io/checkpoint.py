@@ -49,8 +49,22 @@ def _free_mb(folder: Path) -> str:
         return "free space unknown"
 
 
+def _umask() -> int:
+    """The process's umask: from /proc (Linux), else by setting it and putting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync it, then rename it to ``path`` (same folder).
+    """Call ``write(tmp_path)``, fsync it, then rename it to ``path`` (same folder). The file gets
+    the mode of any new file (0666 less the umask: 0644 under the default umask 022).
 
     A failure removes the temporary file and leaves ``path`` as it was; an error while writing
     (``torch.save`` reports a full disk as a RuntimeError) becomes a ``WriteError`` saying so."""
@@ -61,6 +75,8 @@ def atomic_write(path: str | Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        # mkstemp's 0600 (or a writer's own) would survive the rename: the mode of a new file instead
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except Exception as error:
         Path(tmp).unlink(missing_ok=True)

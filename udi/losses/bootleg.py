@@ -1,6 +1,6 @@
 """Bootleg loss: regress the EMA teacher's hidden states of several blocks at masked patches.
 
-Targets (METHODS.md section 5): for each target block i, the teacher's *hidden state* of
+Targets (docs/methods.md section 5): for each target block i, the teacher's *hidden state* of
 block i = that block's output tokens, before the backbone's final LayerNorm (what
 ``VisionTransformer.forward_intermediates(norm=False)`` returns, also for the last block),
 layer-normalised without affine parameters over the channels, at the target patches; the

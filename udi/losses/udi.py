@@ -1,4 +1,4 @@
-"""UDI loss: three levels of self-distillation sharing one head (METHODS.md section 3).
+"""UDI loss: three levels of self-distillation sharing one head (docs/methods.md section 3).
 
 Notation: B images, L local views, V = 2 + L student views, Sg / Sl sampled
 points of a global / local view, K head output dimension. Student views are
@@ -59,7 +59,7 @@ class UDILoss(nn.Module):
         extra_token: the [cls+] level is on.
         patch_level: the patch level is on.
         alpha: weight of the patch profile in the [cls+] target.
-        centering: "center" (running centres, METHODS.md) or "sinkhorn" (each level's teacher
+        centering: "center" (running centres, docs/methods.md) or "sinkhorn" (each level's teacher
             targets balanced over the prototypes by Sinkhorn-Knopp: the 2B global [cls] rows
             together, all blended [cls+] targets together, the valid patch points together;
             the centres are then left untouched).

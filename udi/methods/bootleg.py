@@ -1,4 +1,4 @@
-"""Bootleg (METHODS.md section 5): predict the EMA teacher's hidden layers at masked patches.
+"""Bootleg (docs/methods.md section 5): predict the EMA teacher's hidden layers at masked patches.
 
 Inputs of a step: one crop per image and its I-JEPA multi-block masks (context and target
 patch indices, ``udi.data.bootleg_views``). Networks: the student is encoder + predictor,

@@ -1,4 +1,4 @@
-"""UDI (METHODS.md section 3), and DINO as its configuration with [cls+] and the patch level off.
+"""UDI (docs/methods.md section 3), and DINO as its configuration with [cls+] and the patch level off.
 
 Inputs of a step: two global and L local views of each image, the SRS points of each view
 and the correspondence maps between views (``udi.data.views.make_udi_views``). Networks:

@@ -26,11 +26,16 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceUnavailable(ValueError):
+    """The device asked for is not there (cuda without a GPU): a user's setting, not a crash."""
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA GPU is available (use train.device=cpu or auto)")
+            raise DeviceUnavailable("device cuda was asked for (train.device=cuda or --device cuda) but torch sees no "
+                                    "CUDA GPU (use cpu or auto)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

@@ -333,8 +333,9 @@ class Trainer:
                         signum = self._stop.signum
                         name = signal.Signals(signum).name if signum else "another process"
                         raise TrainingStopped(
-                            f"stopped by {name} after step {self.step} of {max_steps}; checkpoint written to "
-                            f"{self.out_dir / CHECKPOINT}: run the same command to resume", signum)
+                            f"interrupted by {name} at step {self.step} of {max_steps}; the last checkpoint is "
+                            f"step {self.step} ({self.out_dir / CHECKPOINT}); rerun the same command to resume",
+                            signum)
                     if done:
                         break
             self._runlog.note(f"done: step {self.step} of {max_steps} in {format_duration(self._runlog.elapsed())}")

@@ -148,6 +148,8 @@ def write_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Plot ``run_dir/log.jsonl`` to ``out`` (default ``run_dir/curves.png``); returns the path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
+        if run_dir.exists():
+            raise NotADirectoryError(f"{run_dir} is a file; expected a run directory (the --out folder of udi pretrain)")
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     log = run_dir / LOG_FILE
     records = read_log(log)

@@ -193,6 +193,8 @@ def build_report(run_dir: str | Path, data: str | None = None, image_size: int |
     start = time.perf_counter()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
+        if run_dir.exists():
+            raise NotADirectoryError(f"{run_dir} is a file; expected a run directory (the --out folder of udi pretrain)")
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     if not (run_dir / "backbone.safetensors").is_file() and not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has neither backbone.safetensors nor checkpoint.pt")
