@@ -30,7 +30,7 @@ def cmd_pretrain(args) -> int:
 
     cfg = load_config(resolve_config_path(args.config) if args.config else None, args.overrides)
     run_dir_argument(args.out)
-    summary = pretrain(cfg, args.out)
+    summary = pretrain(cfg, args.out, restart=args.restart, allow_changes=args.allow_changes)
     print(json.dumps(summary))
     return 0
 
@@ -396,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML config file or the name of a shipped one (udi/configs/: udi_cpu_demo, ...)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.batch_size=32")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run directory afresh: its files are moved to RUN_DIR/before-restart-TIME/")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume even with settings that change the training trajectory (noted in RUN_DIR/train.log)")
     p.set_defaults(func=cmd_pretrain)
 
     def suite_arguments(p):

@@ -136,6 +136,9 @@ DEFAULTS: dict[str, Any] = {
         "precision": "fp32",  # fp32 | bf16 | fp16
         "compile": False,
         "checkpoint_every": 500,  # steps; also at each epoch end
+        # Keep a copy of every N-th epoch's checkpoint (RUN_DIR/checkpoint_epoch0004.pt, ...) besides the
+        # latest checkpoint.pt; 0 = off.
+        "keep_checkpoints": 0,
         "log_every": 10,  # steps between log.jsonl records and train.log's text lines
         "progress": True,  # the progress bar (in a terminal; elsewhere train.log's lines go to stdout)
         "tensorboard": True,  # TensorBoard event files in RUN_DIR/tb with log.jsonl's scalars (the tensorboard package)
@@ -237,6 +240,64 @@ def get_key(cfg: dict, dotted: str) -> Any:
     return node
 
 
+# Keys a run may change when it resumes from its checkpoint: they say how long it goes on, what it
+# reports, how and where it runs, not which weights its steps produce. Any other key that differs
+# from the checkpoint's config changes the training trajectory (the schedules, the data, the
+# randomness, the networks): resuming with it is an error naming each key, old and new value,
+# unless ``udi pretrain --allow-changes`` (then recorded in RUN_DIR/train.log). A name without a
+# dot is a whole section.
+RESUME_FREE_KEYS = (
+    "train.max_steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.progress",
+    "train.eval_every", "train.eval_data", "train.eval_images", "train.tensorboard", "train.retain_cpu_memory",
+    "train.dist_timeout", "train.device", "train.compile", "data.num_workers", "data.max_fail_fraction", "eval",
+)
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_ABSENT = object()
+
+
+def resume_changes(saved: dict, cfg: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for each key of ``cfg`` that alters the trajectory and differs from the
+    checkpoint's config ``saved``, sorted. A key ``saved`` lacks (added in a later version) counts
+    as its default there: unchanged when ``cfg`` keeps the default. Keys of ``saved`` that no longer
+    exist are ignored, and so are ``RESUME_FREE_KEYS``."""
+    old, defaults = flatten(saved), flatten(DEFAULTS)
+    changes = []
+    for key, value in flatten(cfg).items():
+        if key in RESUME_FREE_KEYS or key.split(".")[0] in RESUME_FREE_KEYS:
+            continue
+        before = old.get(key, _ABSENT)
+        if before is _ABSENT:
+            before = defaults.get(key)
+        if before != value:
+            changes.append((key, before, value))
+    return sorted(changes)
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """``a different 'optim' config (optim.lr 0.0005 -> 0.1) and a different 'train' config (...)``."""
+    sections: dict[str, list[str]] = {}
+    for key, old, new in changes:
+        sections.setdefault(key.split(".")[0], []).append(f"{key} {show_value(old)} -> {show_value(new)}")
+    return " and ".join(f"a different '{section}' config ({', '.join(items)})" for section, items in sections.items())
+
+
+def show_value(value: Any) -> str:
+    """A config value as it is written on the command line (``null``, ``true``, ``[0.25, 1.0]``)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.lr=1e-3", "views.shift=false"]`` -> ``{"train.lr": 0.001, ...}``."""
     out = {}
@@ -296,6 +357,7 @@ RANGES = [
     ("optim.weight_decay", False, 0, True, None), ("optim.weight_decay_end", False, 0, True, None),
     ("optim.clip_grad", False, 0, True, None), ("optim.freeze_last_layer", True, 0, True, None),
     ("model.drop_path_rate", False, 0, True, 1), ("train.dist_timeout", False, 0, False, None), ("data.max_image_pixels", True, 1, True, 2 * 89_478_485),
+    ("train.keep_checkpoints", True, 0, True, None),
 ]
 
 

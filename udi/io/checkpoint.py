@@ -104,6 +104,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """An atomic copy of a written checkpoint (``train.keep_checkpoints``)."""
+    atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
 # Types a checkpoint may hold beyond tensors and plain containers. DINO's main_dino.py stores its
 # command-line ``args`` (an argparse.Namespace, a plain attribute bag) in every checkpoint.
 SAFE_GLOBALS = [argparse.Namespace]

@@ -25,24 +25,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from udi import schedules
-from udi.config import ConfigError, dump_config
+from udi.config import ConfigError, describe_changes, dump_config, resume_changes, show_value
 from udi.data.datasets import build_dataset
 from udi.data.shards import ShardDataset
-from udi.io.checkpoint import (atomic_write, export_backbone, load_checkpoint, remove_stale_temporaries,
-                               save_checkpoint)
+from udi.io.checkpoint import (atomic_write, copy_checkpoint, export_backbone, load_checkpoint,
+                               remove_stale_temporaries, save_checkpoint)
 from udi.methods import build_method
 from udi.train.cpu_memory import retain_freed_memory
 from udi.train.distributed import DistInfo, DistributedTimeout, all_gather_lists, all_reduce_mean, barrier, init_distributed
 from udi.train.monitor import KnnMonitor
 from udi.train.optim import build_optimizer, cancel_last_layer_grads, ema_update, set_lr_wd
 from udi.train.progress import TrainProgress
-from udi.train.runlog import RunLog, format_duration, startup_summary
+from udi.train.lock import LOCK, RunLock, check_free
+from udi.train.runlog import TEXT_LOG, RunLog, format_duration, startup_summary
 from udi.train.sampler import ResumableSampler
 from udi.train.stop import StopSignals, TrainingStopped, leave_stop_signals_to_the_main_process
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
 LOG = "log.jsonl"
+EPOCH_CHECKPOINT = "checkpoint_epoch{:04d}.pt"  # train.keep_checkpoints: the copy after that many epochs
+RESTART_BACKUP = "before-restart-"  # + a timestamp: the folder where --restart sets the old files aside
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -73,10 +76,18 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 class Trainer:
     """Holds the state of one pretraining run; ``run()`` trains until the end or ``max_steps``."""
 
-    def __init__(self, cfg: dict, out_dir: str | Path, info: DistInfo | None = None):
+    def __init__(self, cfg: dict, out_dir: str | Path, info: DistInfo | None = None, *, restart: bool = False,
+                 allow_changes: bool = False):
+        """``restart``: ignore ``out_dir``'s checkpoint; ``run()`` sets the old files aside (``RESTART_BACKUP``)
+        and trains from step 0. ``allow_changes``: resume even with trajectory-changing settings
+        (``udi.config.RESUME_FREE_KEYS``), recording them in train.log."""
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.info = info or init_distributed(cfg["train"]["device"], cfg["train"]["dist_timeout"])
+        self.restart, self.allow_changes = restart, allow_changes
+        self.resume_changes: list[tuple] = []  # (key, old, new) accepted with allow_changes
+        if self.info.is_main:  # a directory another live process trains into: say so before reading its files
+            check_free(self.out_dir)
         self.device = self.info.device
         if cfg["train"]["retain_cpu_memory"] and self.device.type == "cpu":
             retain_freed_memory()
@@ -159,15 +170,17 @@ class Trainer:
 
     def _resume(self) -> None:
         path = self.out_dir / CHECKPOINT
-        if not path.exists():
+        if self.restart or not path.exists():
             return
         state = load_checkpoint(path, map_location=self.device)
-        for key in self.method.resume_keys:
-            if state["config"].get(key) != self.cfg[key]:
-                raise ConfigError(
-                    f"{path} was trained with a different '{key}' config ({state['config'].get(key)}); "
-                    f"resume with the same settings or use another --out directory"
-                )
+        changes = resume_changes(state["config"], self.cfg)
+        if changes and not self.allow_changes:
+            raise ConfigError(
+                f"{path} was trained with {describe_changes(changes)}: resuming with them would change the "
+                f"training trajectory. Resume with the same settings, add --allow-changes to resume anyway (noted "
+                f"in {TEXT_LOG}), or --restart to start afresh (the old files are kept in {RESTART_BACKUP}TIME/)"
+            )
+        self.resume_changes = changes
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -181,6 +194,10 @@ class Trainer:
         """Rank 0 writes the checkpoint and the teacher backbone, both atomically."""
         if self.info.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT, self.state_dict())
+            keep = self.cfg["train"]["keep_checkpoints"]
+            epochs, within = divmod(self.step, self.steps_per_epoch)
+            if keep and within == 0 and epochs % keep == 0:  # an epoch end: keep every keep-th one
+                copy_checkpoint(self.out_dir / CHECKPOINT, self.out_dir / EPOCH_CHECKPOINT.format(epochs))
             metadata = {**self.method.backbone_metadata(), "step": self.step}
             export_backbone(self.out_dir / BACKBONE, self.teacher.backbone, metadata)
         barrier()
@@ -265,7 +282,8 @@ class Trainer:
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict:
-        with StopSignals() as self._stop:
+        lock = RunLock(self.out_dir) if self.info.is_main else nullcontext()  # one process per run directory
+        with lock, StopSignals() as self._stop:
             try:
                 return self._run()
             except RuntimeError as error:  # gloo: "Timed out waiting ...", nccl: "Watchdog ... timeout"
@@ -281,9 +299,17 @@ class Trainer:
     def _run(self) -> dict:
         cfg = self.cfg["train"]
         max_steps = min(self.total_steps, cfg["max_steps"] or self.total_steps)
+        if self.restart and self.info.is_main:
+            self._set_aside_old_files()
+        if self.step >= max_steps:  # every process alike (same step): nothing is written
+            return self._finished(max_steps)
+        if self.step and self.resume_changes and self.info.is_main:  # "resuming from step N of M": the summary
+            changed = "; ".join(f"{key} {show_value(old)} -> {show_value(new)}" for key, old, new in self.resume_changes)
+            self._note(f"resuming from step {self.step} with changed settings (--allow-changes): {changed}")
         if self.info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for stale in remove_stale_temporaries(self.out_dir, (CHECKPOINT, BACKBONE, LOG, "config.yaml")):
+            for stale in remove_stale_temporaries(self.out_dir, (CHECKPOINT, BACKBONE, LOG, "config.yaml",
+                                                                 EPOCH_CHECKPOINT.replace("{:04d}", "*"))):
                 warnings.warn(f"removed {stale}, left by a process killed while writing it")
             atomic_write(self.out_dir / "config.yaml", lambda tmp: dump_config(self.cfg, tmp))
             self._truncate_log()
@@ -366,7 +392,53 @@ class Trainer:
         if kept != lines:  # rewritten whole or not at all: a kill here must not lose the history
             atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
+    def _note(self, line: str) -> None:
+        """A line in RUN_DIR/train.log and on stdout (main process)."""
+        if not self.info.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / TEXT_LOG, "a") as handle:
+            handle.write(line + "\n")
+        print(line, flush=True)
 
-def pretrain(cfg: dict, out_dir: str | Path) -> dict:
-    """Pretrain with a resolved config into ``out_dir`` (resuming if it has a checkpoint)."""
-    return Trainer(cfg, out_dir).run()
+    def _finished(self, max_steps: int) -> dict:
+        """A run at its end: say so, write nothing; the summary of its last logged step."""
+        summary = {"step": self.step}
+        if self.info.is_main:
+            print(f"{self.out_dir}: the run is finished (its checkpoint is at step {self.step}, of {max_steps}); "
+                  "nothing to do. Raise train.epochs or train.max_steps to train further, or --restart to start "
+                  "afresh", flush=True)
+            path = self.out_dir / LOG
+            lines = path.read_text().splitlines() if path.exists() else []
+            for line in reversed(lines):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("step") == self.step:
+                    summary.update({k: v for k, v in record.items() if k in self.terms})
+                break
+        return summary
+
+    def _set_aside_old_files(self) -> None:
+        """--restart: move the files of the run directory (all but the lock and earlier such folders)
+        into ``before-restart-YYYYmmdd-HHMMSS/``."""
+        if not self.out_dir.is_dir():
+            return
+        old = [p for p in self.out_dir.iterdir() if p.name != LOCK and not p.name.startswith(RESTART_BACKUP)]
+        if not old:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup, n = self.out_dir / f"{RESTART_BACKUP}{stamp}", 1
+        while backup.exists():
+            backup, n = self.out_dir / f"{RESTART_BACKUP}{stamp}-{n}", n + 1
+        backup.mkdir()
+        for path in old:
+            path.rename(backup / path.name)
+        self._note(f"restart: the previous files of {self.out_dir} were moved to {backup}; training from step 0")
+
+
+def pretrain(cfg: dict, out_dir: str | Path, restart: bool = False, allow_changes: bool = False) -> dict:
+    """Pretrain with a resolved config into ``out_dir`` (resuming if it has a checkpoint; ``restart``,
+    ``allow_changes``: see ``Trainer``)."""
+    return Trainer(cfg, out_dir, restart=restart, allow_changes=allow_changes).run()
