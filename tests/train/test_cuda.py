@@ -62,7 +62,8 @@ def test_pretrain_on_cuda_resumes_like_an_uninterrupted_run(tmp_path, tiny_cfg):
     # so the weights are compared closely rather than exactly (a step too many or too few moves
     # them by about the learning rate, ~1e-5 here, far outside the tolerance); the schedules exactly.
     full, parts = tmp_path / "full", tmp_path / "parts"
-    cfg = lambda steps: tiny_cfg("train.device=cuda", f"train.max_steps={steps}")  # noqa: E731
+    # No TensorBoard: the GPU machine has no package index to install it from (gpu_check.sh).
+    cfg = lambda steps: tiny_cfg("train.device=cuda", f"train.max_steps={steps}", "train.tensorboard=false")  # noqa: E731
     pretrain(cfg(10), full)
     pretrain(cfg(4), parts)
     pretrain(cfg(10), parts)

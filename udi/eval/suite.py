@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -320,7 +321,7 @@ def provenance(backbone, weights, data: str, cache: FeatureCache, full_sizes: di
     (resolved path, step), method, architecture, data set (built-in name or resolved folder, its
     train/val sizes and the sizes used), evaluation image size and crop, the features and protocol
     options, the udi version and the date."""
-    import udi
+    udi = sys.modules["udi"]  # the package, loaded already (importing it here would be an import cycle)
 
     pixels = isinstance(backbone, RawPixels)
     folder = data not in BUILTIN_DATASETS

@@ -80,7 +80,7 @@ class Trainer:
                  allow_changes: bool = False):
         """``restart``: ignore ``out_dir``'s checkpoint; ``run()`` sets the old files aside (``RESTART_BACKUP``)
         and trains from step 0. ``allow_changes``: resume even with trajectory-changing settings
-        (``udi.config.RESUME_FREE_KEYS``), recording them in train.log."""
+        (all keys but ``RESUME_FREE_KEYS`` of the config module), recording them in train.log."""
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.info = info or init_distributed(cfg["train"]["device"], cfg["train"]["dist_timeout"])
