@@ -34,9 +34,6 @@ class Method(ABC):
         cfg: the resolved config (``udi.config.load_config``).
     """
 
-    #: Config sections that must be the same when a run resumes from its checkpoint.
-    resume_keys: tuple[str, ...] = ("method", "model", "head")
-
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.name: str = cfg["method"]

@@ -41,9 +41,6 @@ def mask_spec(cfg: dict) -> MaskSpec:
 class BootlegMethod(Method):
     """Self-distillation of hidden layers with masked prediction (``bootleg.*`` keys)."""
 
-    # As before the Method interface: a resumed Bootleg run also compares ``udi.*``, unused here.
-    resume_keys = (*Method.resume_keys, "udi", "bootleg")
-
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         boot = cfg["bootleg"]

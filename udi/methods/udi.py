@@ -53,8 +53,6 @@ class UDIMethod(Method):
     The SRS module exists when either is on ([cls+] targets read the teacher's SRS).
     """
 
-    resume_keys = (*Method.resume_keys, "udi")
-
     def __init__(self, cfg: dict, extra_token: bool, patch_level: bool):
         super().__init__(cfg)
         self.extra_token = extra_token
