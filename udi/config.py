@@ -265,13 +265,17 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
 
 
 _ABSENT = object()
+# Keys added after runs were started whose default does what those runs did not: what they did.
+# (Before data.crops, every crop was cut from the canvas; its default "auto" now means full-resolution
+# crops for folders.)
+LEGACY_VALUES = {"data.crops": "canvas"}
 
 
 def resume_changes(saved: dict, cfg: dict) -> list[tuple[str, Any, Any]]:
     """``(key, old, new)`` for each key of ``cfg`` that alters the trajectory and differs from the
     checkpoint's config ``saved``, sorted. A key ``saved`` lacks (added in a later version) counts
-    as its default there: unchanged when ``cfg`` keeps the default. Keys of ``saved`` that no longer
-    exist are ignored, and so are ``RESUME_FREE_KEYS``."""
+    as its default there (or as ``LEGACY_VALUES`` says): unchanged when ``cfg`` keeps it. Keys of
+    ``saved`` that no longer exist are ignored, and so are ``RESUME_FREE_KEYS``."""
     old, defaults = flatten(saved), flatten(DEFAULTS)
     changes = []
     for key, value in flatten(cfg).items():
@@ -279,7 +283,11 @@ def resume_changes(saved: dict, cfg: dict) -> list[tuple[str, Any, Any]]:
             continue
         before = old.get(key, _ABSENT)
         if before is _ABSENT:
-            before = defaults.get(key)
+            before = LEGACY_VALUES.get(key, defaults.get(key))
+        if key == "data.crops":  # what they resolve to: "auto" is canvas or full by data and method
+            resolved = [crop_mode({**cfg, "data": {**cfg["data"], "crops": v}}) for v in (before, value)]
+            if resolved[0] == resolved[1]:
+                continue
         if before != value:
             changes.append((key, before, value))
     return sorted(changes)

@@ -1,6 +1,7 @@
 """Safe resume: the run-directory lock, changed settings, --restart, --allow-changes, finished
 runs, train.keep_checkpoints, checkpoints from before a config key existed."""
 
+import copy
 import json
 import os
 import socket
@@ -159,3 +160,16 @@ def test_cli_flags(tmp_path, tiny_overrides, capsys):
     assert main([*base, "train.max_steps=2", "optim.lr=0.1", "--allow-changes"]) == 0
     assert main([*base, "train.max_steps=1", "--restart"]) == 0
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_a_folder_run_from_before_data_crops_keeps_its_canvas_crops(tiny_cfg):
+    # Such a checkpoint cut its crops from the canvas; "auto" now means full-resolution crops for a
+    # folder: resuming with the default would change the trajectory without a word.
+    folder = ["data.name=null", "data.path=/some/folder"]
+    saved = copy.deepcopy(tiny_cfg(*folder))
+    del saved["data"]["crops"]
+    assert resume_changes(saved, tiny_cfg(*folder)) == [("data.crops", "canvas", "auto")]
+    assert resume_changes(saved, tiny_cfg(*folder, "data.crops=canvas")) == []
+    built_in = copy.deepcopy(tiny_cfg())  # scenes: auto is the canvas, as before
+    del built_in["data"]["crops"]
+    assert resume_changes(built_in, tiny_cfg()) == []
