@@ -88,7 +88,7 @@ def test_embeddings_equal_udi_embed_and_udi_eval_features(weights, folder, tmp_p
     from udi.eval.features import extract_bank
     from udi.eval.suite import labelled_splits
 
-    _, val = labelled_splits(str(folder))
+    _, val = labelled_splits(str(folder), eval_size=16)  # as run_suite: crops cut from the full-resolution files
     bank, _ = extract_bank(backbone.vit, val, features=["cls", "patch_mean"], image_size=16, crop_fraction=0.875,
                            progress=False)
     paths = [str(p) for p, _ in val.samples]

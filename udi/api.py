@@ -18,42 +18,37 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from udi.eval.features import EVAL_CANVAS_SIZE, eval_crops
+from udi.eval.features import eval_crops
 
 PathLike = str | Path
 
 
-def _canvas(image: Image.Image | PathLike | bytes, canvas_size: int) -> tuple[Tensor, float]:
-    """An image (PIL, or a file / its bytes, decoded as ``udi eval`` decodes folder images) on the
-    evaluation canvas: uint8 (3, canvas_size, canvas_size) and its original width / height."""
-    import numpy as np
-
-    from udi.data.datasets import _to_rgb, load_image
-
-    if not isinstance(image, Image.Image):
-        return load_image(image, canvas_size)
-    im = _to_rgb(ImageOps.exif_transpose(image))
-    aspect = im.size[0] / im.size[1]
-    array = np.asarray(im.resize((canvas_size, canvas_size), Image.Resampling.BICUBIC), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), aspect
-
-
 class EvalTransform:
-    """PIL image (or an image file's path) -> normalised (3, S, S) float tensor: the evaluation
-    preprocessing of ``udi eval`` / ``udi embed`` on a folder (the image resized onto a
-    ``EVAL_CANVAS_SIZE`` square canvas, the centred square of ``crop_fraction`` of its shorter side
-    cut and resized bicubically to ``image_size``, ImageNet mean/std)."""
+    """PIL image (or an image file's path or bytes) -> normalised (3, S, S) float tensor: the
+    evaluation preprocessing of ``udi eval`` / ``udi embed`` on a folder (the centred square of
+    ``crop_fraction`` of the shorter side, cut from the full-resolution image and resized to
+    ``image_size`` with an antialiased bicubic filter: ``udi.data.crops.CenterCropViews``;
+    ImageNet mean/std). A file is decoded as ``udi eval`` decodes it (EXIF orientation; a large
+    JPEG at a reduced scale that still spans twice the crop)."""
 
-    def __init__(self, image_size: int, crop_fraction: float = 0.875, canvas_size: int = EVAL_CANVAS_SIZE):
-        self.image_size, self.crop_fraction, self.canvas_size = image_size, crop_fraction, canvas_size
+    def __init__(self, image_size: int, crop_fraction: float = 0.875):
+        from udi.data.crops import CenterCropViews
+
+        self.image_size, self.crop_fraction = image_size, crop_fraction
+        self.views = CenterCropViews(image_size, crop_fraction)
 
     def __call__(self, image) -> Tensor:
-        canvas, aspect = _canvas(image, self.canvas_size)
-        return eval_crops(canvas[None], torch.tensor([aspect]), self.image_size, self.crop_fraction)[0]
+        if isinstance(image, Image.Image):
+            from udi.data.datasets import _to_rgb
+
+            fields = self.views.crop(_to_rgb(ImageOps.exif_transpose(image)))
+        else:
+            fields = self.views(image)
+        return eval_crops(fields["image"][None], torch.tensor([fields["aspect"]]), self.image_size,
+                          self.crop_fraction, torch.tensor([True]))[0]
 
     def __repr__(self) -> str:
-        return (f"EvalTransform(image_size={self.image_size}, crop_fraction={self.crop_fraction}, "
-                f"canvas_size={self.canvas_size})")
+        return f"EvalTransform(image_size={self.image_size}, crop_fraction={self.crop_fraction})"
 
 
 class Backbone(nn.Module):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from udi.cli import main
 from udi.data.augment import center_box, crop_resize, normalize
-from udi.data.datasets import build_dataset, load_image
+from udi.data.crops import CenterCropViews
+from udi.data.datasets import build_dataset
 from udi.eval import embed as embed_module
 from udi.eval.embed import read_item_names
 from udi.models.vit import build_vit
@@ -62,8 +63,9 @@ def test_folder_rows_match_a_direct_forward_pass(backbone_file, folder, tmp_path
     assert result["shape"] == list(array.shape) and array.dtype == np.float32
     assert len(names) == len(array) == 5 and names == sorted(names) and names[-1].endswith("sub/im4.png")
     for row, name in zip(array, names):
-        image, aspect = load_image(name, 256)  # the canvas of udi eval on folders
-        tokens = direct(backbone, image, aspect, 0.875)
+        crop = CenterCropViews(backbone.img_size, 0.875)(name)["image"]  # udi eval's: from the full-resolution file
+        with torch.no_grad():
+            tokens = backbone.forward_features(normalize(crop[None].float() / 255))[0]
         expected = {"cls": tokens[0], "cls+": tokens[1], "cls_cat": tokens[:2].flatten(),
                     "patch_mean": tokens[2:].mean(0)}[feature]
         np.testing.assert_allclose(row, expected.numpy(), atol=1e-5, rtol=1e-5)

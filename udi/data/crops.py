@@ -140,3 +140,60 @@ class FullResolutionViews:
                                                                           dtype=torch.uint8)
         return {"globals": torch.stack(pixels[:2]), "locals": locals_, "boxes": torch.stack([c[1] for c in crops]),
                 "aspect": full_size[0] / full_size[1]}
+
+
+class CenterCropViews:
+    """The evaluation input of one image (``udi eval`` / ``udi embed`` / ``udi.load(...).transform``
+    on a folder), cut from it at full resolution: the reference's (DINO's eval) pixels.
+
+    The reference resizes the shorter side to ``R = round(size / crop_fraction)`` (256 for 224 and
+    0.875; the longer side truncated, as torchvision's ``Resize``) with an antialiased bicubic
+    filter and cuts the centred ``size x size`` square (torchvision's ``CenterCrop`` rounding). Here
+    that square is mapped back to the original image and resized in one step by PIL (same filter,
+    same scale: equal to the two steps up to rounding). It is the centred square of ``crop_fraction``
+    of the shorter side that ``udi.data.augment.center_box`` describes, placed to within a pixel of
+    the original as the reference places it. A JPEG is decoded at a reduced scale only while the
+    square still spans ``DRAFT_MARGIN`` times ``size`` decoded pixels. Called by a data set on a
+    file (path or bytes) and its index, it returns the item fields ``{"image": (3, S, S) uint8,
+    "aspect": W / H, "cropped": True}``: the feature extraction takes such items as they are
+    (``udi.eval.features.eval_crops``).
+    """
+
+    def __init__(self, size: int, crop_fraction: float = 0.875, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        if size < 2:
+            raise ValueError(f"crop size must be at least 2, got {size}")
+        self.size, self.crop_fraction, self.max_image_pixels = size, crop_fraction, max_image_pixels
+
+    def box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """PIL's box (pixel-edge coordinates of the ``width x height`` image) of the crop."""
+        short = max(round(self.size / self.crop_fraction), self.size)
+        if width <= height:
+            resized = (short, max(int(short * height / width), short))
+        else:
+            resized = (max(int(short * width / height), short), short)
+        left, top = (int(round((n - self.size) / 2.0)) for n in resized)
+        sx, sy = width / resized[0], height / resized[1]
+        return left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy
+
+    def __call__(self, source: str | Path | bytes, index: int = 0) -> dict:
+        def draft(width: int, height: int) -> tuple[int, int] | None:
+            left, top, right, bottom = self.box(width, height)
+            scale = DRAFT_MARGIN * self.size / min(right - left, bottom - top)  # needed fraction of the image
+            return None if scale > 0.5 else (math.ceil(width * scale), math.ceil(height * scale))
+
+        image, full_size = decode_image(source, self.max_image_pixels, draft=draft)
+        return self.crop(image, full_size)
+
+    def crop(self, image: Image.Image, full_size: tuple[int, int] | None = None) -> dict:
+        """The item fields of an RGB PIL ``image`` (decoded at a reduced scale of ``full_size``, or
+        at full resolution)."""
+        width, height = full_size or image.size
+        rx, ry = max(1, round(width / image.size[0])), max(1, round(height / image.size[1]))
+        left, top, right, bottom = self.box(width, height)
+        crop = image.resize((self.size, self.size), Image.Resampling.BICUBIC,
+                            box=(left / rx, top / ry, right / rx, bottom / ry))
+        pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        return {"image": pixels, "aspect": width / height, "cropped": True}
+
+    def __repr__(self) -> str:
+        return f"CenterCropViews(size={self.size}, crop_fraction={self.crop_fraction})"

@@ -1,7 +1,8 @@
 """Embeddings of every image of a data set, written batch by batch to a ``.npy`` file.
 
 The preprocessing is the evaluation transform (``udi.eval.features.eval_crops``: centred
-crop, resized, ImageNet-normalised) with the same crop fraction and input size as ``udi eval``.
+crop, resized, ImageNet-normalised) with the same crop fraction and input size as ``udi eval``;
+a folder's crops are cut from the full-resolution file (``udi.data.crops.CenterCropViews``).
 The array is a memory map filled as batches arrive, so a folder of any size fits; it is
 written under a temporary name and renamed when complete. Next to it, a ``.jsonl`` file names
 the image of each row, one JSON string per line (so a file name holding a newline or bytes that
@@ -26,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from udi.config import did_you_mean
+from udi.data.crops import CenterCropViews
 from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, load_image
 from udi.eval.features import EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, eval_crops, select_features
 from udi.models.vit import VisionTransformer
@@ -99,24 +101,35 @@ def read_item_names(path: str | Path) -> list[str]:
 
 class EachFileOnce(Dataset):
     """The items of an image folder without substitution: a file that cannot be decoded gives a
-    blank canvas with ``"decoded": False`` (the training data set would hand out the next file
-    instead, which here would give one image two rows)."""
+    blank image with ``"decoded": False`` (the training data set would hand out the next file
+    instead, which here would give one image two rows).
 
-    def __init__(self, folder: ImageFolderDataset):
-        self.folder = folder
+    ``image_size``: items are the evaluation centre crop at this size, cut from the full-resolution
+    file (``CenterCropViews``, as ``udi eval``); None: the whole image on the folder's canvas
+    (``embed_dataset`` sets it to its input size)."""
+
+    def __init__(self, folder: ImageFolderDataset, image_size: int | None = None, crop_fraction: float = 0.875):
+        self.folder, self.image_size, self.crop_fraction = folder, image_size, crop_fraction
+        self.views = None if image_size is None else CenterCropViews(image_size, crop_fraction,
+                                                                     folder.max_image_pixels)
 
     def __len__(self) -> int:
         return len(self.folder)
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.folder.samples[index]
-        size = self.folder.canvas_size
+        size = self.folder.canvas_size if self.views is None else self.image_size
         try:
-            image, aspect = load_image(path, size)
+            if self.views is None:
+                image, aspect = load_image(path, size, self.folder.max_image_pixels)
+            else:
+                fields = self.views(path, index)
+                image, aspect = fields["image"], fields["aspect"]
             decoded = True
         except Exception:  # PIL raises many types (OSError, ValueError, SyntaxError, ...)
             image, aspect, decoded = torch.zeros(3, size, size, dtype=torch.uint8), 1.0, False
-        return {"image": image, "aspect": float(aspect), "label": int(label), "index": index, "decoded": decoded}
+        return {"image": image, "aspect": float(aspect), "label": int(label), "index": index, "decoded": decoded,
+                "cropped": self.views is not None}
 
 
 def _progress(enabled: bool) -> Progress:
@@ -145,6 +158,8 @@ def embed_dataset(
     n = the items whose ``"decoded"`` is not False (an image folder: wrap it in ``EachFileOnce``).
     """
     start = time.perf_counter()
+    if isinstance(dataset, EachFileOnce) and dataset.image_size != image_size:  # crops at the input size
+        dataset = EachFileOnce(dataset.folder, image_size, crop_fraction)
     feature = parse_embed_feature(feature, backbone)
     if image_size % backbone.patch_size:
         raise ValueError(f"image size {image_size} is not a multiple of the patch size {backbone.patch_size}")
@@ -172,7 +187,9 @@ def embed_dataset(
                 if not decoded.any():
                     continue
                 images = batch["image"][decoded].to(device, non_blocking=True)
-                crops = eval_crops(images, batch["aspect"][decoded], image_size, crop_fraction)
+                cropped = batch.get("cropped")
+                crops = eval_crops(images, batch["aspect"][decoded], image_size, crop_fraction,
+                                   None if cropped is None else cropped[decoded])
                 values = compute_features(backbone, crops, feature)
                 array[row: row + len(values)] = values.float().cpu().numpy().astype(dtype, copy=False)
                 names.writelines(json.dumps(item_name(int(i))) + "\n" for i in batch["index"][decoded])

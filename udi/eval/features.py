@@ -1,19 +1,27 @@
 """Frozen features of a backbone over a labelled data set (the evaluation transform:
-a centred crop of the whole image, resized, ImageNet-normalised)."""
+a centred crop of the whole image, resized, ImageNet-normalised).
+
+Folder images come as that crop already, cut from the full-resolution file in the data loader
+(:class:`udi.data.crops.CenterCropViews`, items with ``cropped``); the built-in data sets (stored at
+their native size) as whole images, cropped here on the device (``eval_crops``)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from udi.data.augment import center_box, crop_resize, normalize
+from udi.data.augment import center_box, crop_resize, normalize, to_float
 from udi.models.vit import VisionTransformer
 
 FEATURES = ("cls", "cls+", "cls_cat", "patch_mean")
-EVAL_CANVAS_SIZE = 256  # folder images are decoded onto this canvas for evaluation and embeddings
+EVAL_CANVAS_SIZE = 256  # folder images on this canvas: for the augmented linear probe's random crops
+# The folder evaluation input, in the feature cache's key (a cache of an older preprocessing is recomputed):
+# the centre crop cut from the full-resolution file (before: from the EVAL_CANVAS_SIZE canvas).
+FOLDER_PREPROCESSING = "center-crop-full-resolution"
 TARGET_KEYS = ("label", "present", "color", "position", "count", "background", "mask")
 
 
@@ -24,11 +32,56 @@ def eval_crop_fraction(data: str) -> float:
     return 1.0 if data in BUILTIN_DATASETS else 0.875  # small built-in images: keep them whole
 
 
-def eval_crops(images: torch.Tensor, aspect: torch.Tensor, image_size: int, crop_fraction: float) -> torch.Tensor:
+def eval_preprocessing(data: str) -> str:
+    """How the evaluation input of ``data`` is made (a field of the feature cache's key)."""
+    from udi.data.datasets import BUILTIN_DATASETS
+
+    return "native" if data in BUILTIN_DATASETS else FOLDER_PREPROCESSING
+
+
+def eval_crops(images: torch.Tensor, aspect: torch.Tensor, image_size: int, crop_fraction: float,
+               cropped: torch.Tensor | None = None) -> torch.Tensor:
     """The evaluation transform of a batch: canvases (B, 3, H, W) (uint8 or float in [0, 1]) and
-    original aspect ratios (B,) -> centred square crops (B, 3, image_size, image_size), normalised."""
+    original aspect ratios (B,) -> centred square crops (B, 3, image_size, image_size), normalised.
+
+    Items whose ``cropped`` (the item field of :class:`udi.data.crops.CenterCropViews`) is true are
+    that crop already (cut from the full-resolution file): only normalised."""
+    if cropped is not None and bool(torch.as_tensor(cropped).any()):
+        if not bool(torch.as_tensor(cropped).all()):
+            raise ValueError("a batch mixes centre crops and whole images")
+        if tuple(images.shape[-2:]) != (image_size, image_size):
+            raise ValueError(f"the items are centre crops of {tuple(images.shape[-2:])} pixels, not {image_size}: "
+                             "make the data set at the evaluation image size")
+        return normalize(to_float(images))
     boxes = center_box(aspect.to(images.device), crop_fraction)
     return normalize(crop_resize(images, boxes, image_size))
+
+
+def with_eval_crops(dataset: Dataset, image_size: int, crop_fraction: float) -> Dataset:
+    """``dataset`` whose folder images come as their evaluation centre crop, cut from the
+    full-resolution file (:class:`udi.data.crops.CenterCropViews`); other data sets unchanged."""
+    from udi.data.crops import CenterCropViews
+    from udi.data.datasets import ImageFolderDataset
+
+    if isinstance(dataset, Subset):
+        return Subset(with_eval_crops(dataset.dataset, image_size, crop_fraction), dataset.indices)
+    if isinstance(dataset, ImageFolderDataset):
+        dataset = copy.copy(dataset)
+        dataset.views = CenterCropViews(image_size, crop_fraction, dataset.max_image_pixels)
+    return dataset
+
+
+def on_canvas(dataset: Dataset) -> Dataset:
+    """``dataset`` whose folder images come whole, on their canvas (what random crops need: the
+    augmented linear probe), instead of as an evaluation centre crop."""
+    from udi.data.datasets import ImageFolderDataset
+
+    if isinstance(dataset, Subset):
+        return Subset(on_canvas(dataset.dataset), dataset.indices)
+    if isinstance(dataset, ImageFolderDataset) and dataset.views is not None:
+        dataset = copy.copy(dataset)
+        dataset.views = None
+    return dataset
 
 
 def select_features(tokens: torch.Tensor, n_cls: int, kind: str) -> torch.Tensor:
@@ -112,7 +165,7 @@ def extract_bank(
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
             images = batch["image"].to(device)
-            crops = eval_crops(images, batch["aspect"], image_size, crop_fraction)
+            crops = eval_crops(images, batch["aspect"], image_size, crop_fraction, batch.get("cropped"))
             hidden = backbone.forward_intermediates(crops, range(depth))  # pre-norm, every block
             final = backbone.norm(hidden[-1])
             for kind in features:
@@ -158,7 +211,8 @@ def extract_pixel_bank(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
-            pixels = eval_crops(batch["image"], batch["aspect"], image_size, crop_fraction).flatten(1).float()
+            pixels = eval_crops(batch["image"], batch["aspect"], image_size, crop_fraction,
+                                batch.get("cropped")).flatten(1).float()
             rows.append(pixels - pixels.mean(dim=1, keepdim=True) if center else pixels)
             _collate_targets(batch, targets)
             bar.advance(task, len(pixels))

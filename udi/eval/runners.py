@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from udi.data.augment import center_box, crop_resize, normalize
 from udi.data.scenes import SHAPES
 from udi.eval.attnstats import collect_attention_stats, plot_attention_stats
 from udi.eval.dense import DenseConfig, dense_probe
+from udi.eval.features import eval_crops, on_canvas
 from udi.eval.knn import knn_accuracy
 from udi.eval.layers import layerwise_eval
 from udi.eval.linear import LinearConfig, train_linear_augmented, train_linear_on_features
@@ -54,8 +54,8 @@ def run_linear(cache, features, options, device, **_) -> dict:
             blocks = None
             if feature.startswith("last"):
                 blocks = list(range(-int(feature[4:]), 0))
-            results[feature] = train_linear_augmented(
-                cache.backbone, _feature_fn(feature, cache.backbone.n_cls), cache.sets["train"],
+            results[feature] = train_linear_augmented(  # random crops: of the whole image, on its canvas
+                cache.backbone, _feature_fn(feature, cache.backbone.n_cls), on_canvas(cache.sets["train"]),
                 val[feature], val_t["label"], classes, cfg, image_size=cache.image_size, device=device,
                 progress=options.progress, intermediate_blocks=blocks,
             )
@@ -131,8 +131,8 @@ def run_attnstats(cache, options, device, out_dir=None, **_) -> dict:
 
     def images():
         for batch in loader:
-            boxes = center_box(batch["aspect"].to(device), cache.crop_fraction)
-            yield normalize(crop_resize(batch["image"].to(device), boxes, cache.image_size))
+            yield eval_crops(batch["image"].to(device), batch["aspect"], cache.image_size, cache.crop_fraction,
+                             batch.get("cropped"))
 
     stats = collect_attention_stats(cache.backbone, images(), device=device, progress=options.progress)
     if out_dir is not None:

@@ -25,8 +25,8 @@ from sklearn.exceptions import ConvergenceWarning
 from udi.config import did_you_mean
 from udi.data.datasets import BUILTIN_DATASETS, ImageFolderDataset, build_dataset, folder_classes
 from udi.eval.baselines import CHANCE, RawPixels, chance_levels, chance_row
-from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, extract_bank, extract_pixel_bank,
-                               parse_feature)
+from udi.eval.features import (EVAL_CANVAS_SIZE, FEATURES, eval_crop_fraction, eval_preprocessing, extract_bank,
+                               extract_pixel_bank, parse_feature, with_eval_crops)
 from udi.eval.subsets import dataset_labels, stratified_indices, stratified_subset
 from udi.io.checkpoint import atomic_write
 from udi.models.vit import VisionTransformer
@@ -61,8 +61,13 @@ class SuiteOptions:
     max_images: int | None = None  # use N images of each split, class-stratified (quick looks, tests)
 
 
-def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size: int = 32, seed: int = 0):
-    """(train, val) data sets of a built-in name or of a folder with train/ and val/ subfolders."""
+def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size: int = 32, seed: int = 0,
+                    eval_size: int | None = None):
+    """(train, val) data sets of a built-in name or of a folder with train/ and val/ subfolders.
+
+    ``eval_size``: a folder's items are their evaluation centre crop at this size, cut from the
+    full-resolution file (``udi.eval.features.with_eval_crops``; what ``run_suite`` uses); None:
+    the whole image on the ``canvas_size`` canvas."""
     if data in BUILTIN_DATASETS:
         kwargs = {"name": data, "scenes_size": scenes_size, "seed": seed}
     else:
@@ -72,7 +77,11 @@ def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size:
                 f"evaluation data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
                 f"nor a folder with train/ and val/ subfolders{'' if root.exists() else did_you_mean(data, BUILTIN_DATASETS)}"
             )
-        return labelled_folder_splits(root, canvas_size)
+        splits = labelled_folder_splits(root, canvas_size)
+        if eval_size is None:
+            return splits
+        fraction = eval_crop_fraction(data)
+        return tuple(with_eval_crops(s, eval_size, fraction) for s in splits)
     return build_dataset(split="train", **kwargs), build_dataset(split="val", **kwargs)
 
 
@@ -157,6 +166,7 @@ class FeatureCache:
         fields = {"weights": self.ident, "data": self.data, "split": split, **self.plan,
                   "max_images": self.options.max_images,
                   "image_size": self.image_size, "crop_fraction": self.crop_fraction,
+                  "preprocessing": eval_preprocessing(self.data),
                   "max_token_images": self.options.max_token_images}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -265,7 +275,7 @@ def run_suite(
     if pixels:
         protocols = [p for p in protocols if p in backbone.protocols]
         options = dataclasses.replace(options, linear_augment=False)  # no network to augment through
-    train_set, val_set = labelled_splits(data)
+    train_set, val_set = labelled_splits(data, eval_size=options.image_size or backbone.img_size)
     full_sizes = {"train": len(train_set), "val": len(val_set)}
     train_set, val_set = (stratified_subset(s, options.max_images, options.seed) for s in (train_set, val_set))
     if options.linear_augment is None:
@@ -335,7 +345,8 @@ def provenance(backbone, weights, data: str, cache: FeatureCache, full_sizes: di
         "images_used": {"train": len(cache.sets["train"]), "val": len(cache.sets["val"])},
         "image_size": cache.image_size,
         "crop_fraction": cache.crop_fraction,
-        **({"canvas_size": EVAL_CANVAS_SIZE} if folder else {}),
+        "preprocessing": eval_preprocessing(data),
+        **({"canvas_size": EVAL_CANVAS_SIZE} if folder else {}),  # the augmented linear probe's random crops
         "protocols": list(protocols),
         "features": {p: f for p, f in features.items() if p in protocols},
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()
