@@ -64,3 +64,26 @@ def test_a_folder_run_must_name_its_eval_data(tmp_path):
 def test_bad_monitor_keys(tiny_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
         tiny_cfg(override)
+
+
+def test_a_folder_eval_data_is_read_as_udi_eval_reads_it(tmp_path, tiny_cfg):
+    # The centre crop from the full-resolution file at the training size, not the squashed canvas.
+    import numpy as np
+    from PIL import Image
+
+    from udi.models.backbone import build_backbone
+    from udi.train.monitor import KnnMonitor
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / "eval" / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "eval" / split / label / f"{i}.png")
+    cfg = tiny_cfg("train.eval_every=10", f"train.eval_data={tmp_path / 'eval'}")
+    monitor = KnnMonitor(cfg, torch.device("cpu"))
+    item = monitor.train_set[0]
+    assert item.get("cropped") and item["image"].shape == (3, 16, 16)
+    scores = monitor(build_backbone(cfg, n_cls=2))
+    assert set(scores) >= {"knn_cls", "knn_patch_mean"} and all(0 <= v <= 100 for v in scores.values())

@@ -44,7 +44,9 @@ class KnnMonitor:
     def __init__(self, cfg: dict, device: torch.device):
         self.source = monitor_source(cfg)
         try:
-            train_set, val_set = labelled_splits(self.source, scenes_size=cfg["data"]["scenes_size"])
+            # Folders: the evaluation centre crop from the full-resolution file, as `udi eval` takes it.
+            train_set, val_set = labelled_splits(self.source, scenes_size=cfg["data"]["scenes_size"],
+                                                 eval_size=cfg["views"]["global_size"])
         except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"'train.eval_data': {error}") from None
         size = cfg["train"]["eval_images"]
