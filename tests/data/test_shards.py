@@ -53,7 +53,7 @@ def test_shards_of_a_folder_hold_its_items_in_its_order(tmp_path):
     assert result == {"shards": 3, "samples": 12, "classes": 2,
                       "pattern": str(tmp_path / "shards" / "shard-{000000..000002}.tar")}
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
-        "classes.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+        "classes.json", *(f"shard-{i:06d}.tar{suffix}" for i in range(3) for suffix in ("", ".idx.json"))]
     assert json.loads((tmp_path / "shards" / "classes.json").read_text()) == ["cat", "dog"]
     reference = ImageFolderDataset(folder, canvas_size=CANVAS)
     shards = ShardDataset(result["pattern"], canvas_size=CANVAS)
@@ -206,3 +206,28 @@ def test_two_processes_read_disjoint_samples(tmp_path):
     assert all(len(r["read"]) == len(s) == 24 for r, s in zip(ranks, read))
     assert not read[0] & read[1] and read[0] | read[1] == set(range(48))
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_the_index_beside_each_shard_replaces_reading_its_headers(tmp_path, monkeypatch):
+    # make_shards writes shard-N.tar.idx.json; a dataset then reads no tar header, and the index of a
+    # shard that changed since (size, mtime) is not trusted.
+    import udi.data.shards as shards_module
+
+    folder = _folder(tmp_path)
+    make_shards(folder, tmp_path / "shards", shard_size=5)
+    pattern = str(tmp_path / "shards" / "shard-{000000..000002}.tar")
+    scanned = ShardDataset(pattern, canvas_size=CANVAS)
+    for index in (tmp_path / "shards").glob("*.idx.json"):
+        assert json.loads(index.read_text())["samples"]
+    with monkeypatch.context() as patch:
+        patch.setattr(shards_module, "_scan_shard", lambda path: pytest.fail(f"scanned {path}"))
+        indexed = ShardDataset(pattern, canvas_size=CANVAS)
+    assert len(indexed) == len(scanned)
+    assert all(torch.equal(indexed[i]["image"], scanned[i]["image"]) for i in range(len(scanned)))
+    first = tmp_path / "shards" / "shard-000000.tar"
+    os.utime(first, ns=(0, 12345))  # "rewritten": its index is stale
+    calls = []
+    original = shards_module._scan_shard
+    monkeypatch.setattr(shards_module, "_scan_shard", lambda path: calls.append(path) or original(path))
+    assert len(ShardDataset(pattern, canvas_size=CANVAS)) == len(scanned) and calls == [str(first)]
+

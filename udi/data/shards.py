@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tarfile
 import warnings
@@ -29,10 +30,12 @@ from braceexpand import braceexpand
 from torch.utils.data import Dataset
 
 from udi.data.datasets import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, _item, build_dataset, load_image
+from udi.io.checkpoint import atomic_write
 
 CLASSES_FILE = "classes.json"
 SHARD_PATTERN = "shard-%06d.tar"  # the files make_shards writes (printf style, as webdataset.ShardWriter)
 LABEL_MEMBER = "cls"
+INDEX_SUFFIX = ".idx.json"  # beside each shard: where its members lie (written by make_shards)
 PATH_MEMBER = "path.txt"  # written by make_shards: the image's path relative to the folder
 _IMAGE_MEMBERS = {e.lstrip(".") for e in IMAGE_EXTENSIONS}
 _KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -47,8 +50,40 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     return [path for pattern in patterns for path in braceexpand(pattern)]
 
 
+def _index_file(path: str) -> Path:
+    """The index ``make_shards`` writes beside a shard (``shard-000000.tar.idx.json``)."""
+    return Path(f"{path}{INDEX_SUFFIX}")
+
+
+def _stamp(path: str) -> dict:
+    """What must not have changed since the index was written: the shard's size and mtime."""
+    info = os.stat(path)
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def write_index(path: str) -> None:
+    """Scan ``path`` once and write its index beside it, so that no process reads its headers again."""
+    rows = _scan_shard(path)
+    atomic_write(_index_file(path), lambda tmp: Path(tmp).write_text(json.dumps({**_stamp(path), "samples": rows})))
+
+
 def _index_shard(path: str) -> list[tuple[str, str, int, int, int]]:
-    """(key, image extension, data offset, size, label) of each image sample of the shard, in tar order."""
+    """(key, image extension, data offset, size, label) of each image sample of the shard, in tar
+    order: from its index file when that was written for this very file (same size and mtime;
+    a copied or rewritten shard is scanned again), else by reading every member header."""
+    index = _index_file(path)
+    if index.is_file():
+        try:
+            record = json.loads(index.read_text())
+            if {k: record.get(k) for k in ("size", "mtime_ns")} == _stamp(path):
+                return [tuple(row) for row in record["samples"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # damaged: scan
+    return _scan_shard(path)
+
+
+def _scan_shard(path: str) -> list[tuple[str, str, int, int, int]]:
+    """``_index_shard`` by reading the tar's member headers."""
     try:
         tar = tarfile.open(path, mode="r:")  # "r:": uncompressed only (members are read by offset)
     except tarfile.ReadError as error:
@@ -204,5 +239,7 @@ def make_shards(folder: str | Path, out: str | Path, shard_size: int, split: str
             writer.write(sample)
     (out / CLASSES_FILE).write_text(json.dumps(dataset.classes))
     count = math.ceil(len(dataset) / shard_size)
+    for number in range(count):  # start-up then reads one small file per shard, not every header
+        write_index(str(out / (SHARD_PATTERN % number)))
     brace = SHARD_PATTERN % 0 if count == 1 else SHARD_PATTERN.replace("%06d", f"{{{0:06d}..{count - 1:06d}}}")
     return {"shards": count, "samples": len(dataset), "classes": len(dataset.classes), "pattern": str(out / brace)}
