@@ -372,6 +372,18 @@ def cmd_shards_make(args) -> int:
     return 0
 
 
+def cmd_shards_index(args) -> int:
+    from udi.data.shards import expand_shards, write_index
+
+    paths = expand_shards(args.shards)
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"shard {path} does not exist")
+        write_index(path)
+    console.print(escape(f"indexed {len(paths)} shard(s): {paths[0]}.idx.json, ..."))
+    return 0
+
+
 def _device(preference: str) -> torch.device:
     from udi.train.distributed import resolve_device
 
@@ -515,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train (default: FOLDER/train where it exists, else FOLDER, as pretraining on "
                         "data.path=FOLDER reads), val, or all of FOLDER")
     p.set_defaults(func=cmd_shards_make)
+    p = shards_sub.add_parser("index", help="write the index beside each shard (make does it), so that start-up "
+                                            "reads no tar header: shards made elsewhere, or copied without mtimes")
+    p.add_argument("shards", help="a shard, or a brace pattern as data.shards")
+    p.set_defaults(func=cmd_shards_index)
     return parser
 
 

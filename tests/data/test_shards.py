@@ -231,3 +231,13 @@ def test_the_index_beside_each_shard_replaces_reading_its_headers(tmp_path, monk
     monkeypatch.setattr(shards_module, "_scan_shard", lambda path: calls.append(path) or original(path))
     assert len(ShardDataset(pattern, canvas_size=CANVAS)) == len(scanned) and calls == [str(first)]
 
+
+
+def test_udi_shards_index_writes_the_missing_indexes(tmp_path):
+    folder = _folder(tmp_path)
+    make_shards(folder, tmp_path / "shards", shard_size=5)
+    for index in (tmp_path / "shards").glob("*.idx.json"):
+        index.unlink()
+    assert main(["shards", "index", str(tmp_path / "shards" / "shard-{000000..000002}.tar")]) == 0
+    assert len(list((tmp_path / "shards").glob("*.idx.json"))) == 3
+    assert main(["shards", "index", str(tmp_path / "shards" / "shard-000009.tar")]) != 0
