@@ -170,7 +170,7 @@ def train_seconds(out: Path) -> dict[str, str]:
             calls.setdefault(record["run"], []).append(record)
     seconds = {}
     for name, records in calls.items():
-        done = records
+        done = [r for r in records if r["to_step"] > r["from_step"] or r["seconds"] >= 5]  # not "finished" calls
         wall, cpu = sum(r["seconds"] for r in done), sum(r.get("cpu_seconds", 0) for r in done)
         threads = sorted({r["threads"] for r in done})
         seconds[name] = (f"{wall:.0f} s wall, {cpu:.0f} s CPU on {'/'.join(map(str, threads))} thread(s)"
