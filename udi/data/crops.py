@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from udi.data.datasets import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from udi.data.datasets import DEFAULT_MAX_IMAGE_PIXELS, decode_image, pil_to_tensor
 from udi.data.views import ViewSpec, sample_views
 
 CROP_MODES = ("auto", "canvas", "full")
@@ -72,13 +71,23 @@ def crop_image(image: Image.Image, box: Tensor | tuple[float, float, float, floa
     if flip:
         x0, x1 = x1, x0
     w, h = full_size or image.size
-    left, right, u0, u1 = _edges(x0, x1, w, size, max(1, round(w / image.size[0])))
-    top, bottom, v0, v1 = _edges(y0, y1, h, size, max(1, round(h / image.size[1])))
+    rx, ry = _reduction(image, (w, h))
+    left, right, u0, u1 = _edges(x0, x1, w, size, rx)
+    top, bottom, v0, v1 = _edges(y0, y1, h, size, ry)
     crop = image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, right, bottom))
     if flip:
         crop, (u0, u1) = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (u1, u0)
-    pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-    return pixels, torch.tensor((u0, v0, u1, v1), dtype=torch.float32)
+    return pil_to_tensor(crop), torch.tensor((u0, v0, u1, v1), dtype=torch.float32)
+
+
+def _reduction(image: Image.Image, full_size: tuple[int, int]) -> tuple[int, int]:
+    """The JPEG scale denominators (1, 2, 4, 8) at which ``image`` was decoded from ``full_size``."""
+    return max(1, round(full_size[0] / image.size[0])), max(1, round(full_size[1] / image.size[1]))
+
+
+def _draft_for(scale: float, width: int, height: int) -> tuple[int, int] | None:
+    """The decoded size that keeps ``scale`` of the image (None: full resolution, no reduction by 2 fits)."""
+    return None if scale > 0.5 else (math.ceil(width * scale), math.ceil(height * scale))
 
 
 def draft_size(boxes: Tensor, sizes: list[int], width: int, height: int,
@@ -96,9 +105,7 @@ def draft_size(boxes: Tensor, sizes: list[int], width: int, height: int,
     spans_x = (boxes[:, 2] - boxes[:, 0]).abs() * max(width - 1, 1)
     spans_y = (boxes[:, 3] - boxes[:, 1]).abs() * max(height - 1, 1)
     scale = float(torch.maximum(sides / spans_x, sides / spans_y).max()) * margin  # needed fraction of the image
-    if scale > 0.5:
-        return None
-    return math.ceil(width * scale), math.ceil(height * scale)
+    return _draft_for(scale, width, height)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -179,7 +186,7 @@ class CenterCropViews:
         def draft(width: int, height: int) -> tuple[int, int] | None:
             left, top, right, bottom = self.box(width, height)
             scale = DRAFT_MARGIN * self.size / min(right - left, bottom - top)  # needed fraction of the image
-            return None if scale > 0.5 else (math.ceil(width * scale), math.ceil(height * scale))
+            return _draft_for(scale, width, height)
 
         image, full_size = decode_image(source, self.max_image_pixels, draft=draft)
         return self.crop(image, full_size)
@@ -188,12 +195,11 @@ class CenterCropViews:
         """The item fields of an RGB PIL ``image`` (decoded at a reduced scale of ``full_size``, or
         at full resolution)."""
         width, height = full_size or image.size
-        rx, ry = max(1, round(width / image.size[0])), max(1, round(height / image.size[1]))
+        rx, ry = _reduction(image, (width, height))
         left, top, right, bottom = self.box(width, height)
         crop = image.resize((self.size, self.size), Image.Resampling.BICUBIC,
                             box=(left / rx, top / ry, right / rx, bottom / ry))
-        pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-        return {"image": pixels, "aspect": width / height, "cropped": True}
+        return {"image": pil_to_tensor(crop), "aspect": width / height, "cropped": True}
 
     def __repr__(self) -> str:
         return f"CenterCropViews(size={self.size}, crop_fraction={self.crop_fraction})"

@@ -155,8 +155,12 @@ def load_image(path: str | Path | bytes | io.IOBase, canvas_size: int,
     """
     im, (w, h) = decode_image(path, max_pixels, draft=canvas_size)
     aspect = w / h
-    array = np.asarray(im.resize((canvas_size, canvas_size), Image.Resampling.BICUBIC), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), aspect
+    return pil_to_tensor(im.resize((canvas_size, canvas_size), Image.Resampling.BICUBIC)), aspect
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> (3, H, W) uint8 tensor (its own memory)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def folder_classes(root: str | Path) -> list[str]:
