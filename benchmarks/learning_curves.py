@@ -232,6 +232,7 @@ def main() -> None:
     png = "learning_curves.png"
     if args.benchmarks:  # the picture goes beside the benchmarks page, in benchmarks/
         png = "benchmarks/learning_curves.png"
+        (Path(args.benchmarks).parent / png).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(Path(args.benchmarks).parent / png)
     text = header + markdown(table) + f"\n![online k-NN against step]({png})\n"
     (out / "learning_curves.md").write_text(text)
