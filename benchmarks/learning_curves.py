@@ -174,8 +174,19 @@ def train_seconds(out: Path) -> dict[str, str]:
         wall, cpu = sum(r["seconds"] for r in done), sum(r.get("cpu_seconds", 0) for r in done)
         threads = sorted({r["threads"] for r in done})
         seconds[name] = (f"{wall:.0f} s wall, {cpu:.0f} s CPU on {'/'.join(map(str, threads))} thread(s)"
-                         + (f", in {len(done)} parts" if len(done) > 1 else ""))
+                         + (f", in {len(done)} parts" if len(done) > 1 else "") + untimed_steps(done))
     return seconds
+
+
+def untimed_steps(records: list[dict]) -> str:
+    """``", steps 0-200 not timed"`` for the stretches of a run that no record covers (a part
+    killed without its ``finally``, e.g. SIGKILL), else ""."""
+    gaps, reached = [], 0
+    for record in sorted(records, key=lambda r: r["from_step"]):
+        if record["from_step"] > reached:
+            gaps.append(f"{reached}-{record['from_step']}")
+        reached = max(reached, record["to_step"])
+    return f", steps {', '.join(gaps)} not timed (a part killed)" if gaps else ""
 
 
 def main() -> None:
