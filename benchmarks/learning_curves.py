@@ -243,8 +243,9 @@ def main() -> None:
     png = "learning_curves.png"
     if args.benchmarks:  # the picture goes beside the benchmarks page, in benchmarks/
         png = "benchmarks/learning_curves.png"
-        (Path(args.benchmarks).parent / png).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(Path(args.benchmarks).parent / png)
+        target = Path(args.benchmarks).parent / png
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target)
     text = header + markdown(table) + f"\n![online k-NN against step]({png})\n"
     (out / "learning_curves.md").write_text(text)
     (out / "learning_curves.json").write_text(json.dumps(

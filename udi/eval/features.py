@@ -61,26 +61,32 @@ def with_eval_crops(dataset: Dataset, image_size: int, crop_fraction: float) -> 
     """``dataset`` whose folder images come as their evaluation centre crop, cut from the
     full-resolution file (:class:`udi.data.crops.CenterCropViews`); other data sets unchanged."""
     from udi.data.crops import CenterCropViews
-    from udi.data.datasets import ImageFolderDataset
 
-    if isinstance(dataset, Subset):
-        return Subset(with_eval_crops(dataset.dataset, image_size, crop_fraction), dataset.indices)
-    if isinstance(dataset, ImageFolderDataset):
-        dataset = copy.copy(dataset)
-        dataset.views = CenterCropViews(image_size, crop_fraction, dataset.max_image_pixels)
-    return dataset
+    return _with_folder_views(dataset, lambda folder: CenterCropViews(image_size, crop_fraction,
+                                                                      folder.max_image_pixels))
 
 
 def on_canvas(dataset: Dataset) -> Dataset:
     """``dataset`` whose folder images come whole, on their canvas (what random crops need: the
     augmented linear probe), instead of as an evaluation centre crop."""
+    return _with_folder_views(dataset, lambda folder: None)
+
+
+def _with_folder_views(dataset: Dataset, make_views) -> Dataset:
+    """A copy of the image folder under ``dataset`` (through ``Subset``s) whose ``views`` is
+    ``make_views(folder)``; ``dataset`` itself when nothing changes (another data set, or the same views:
+    None stays None)."""
     from udi.data.datasets import ImageFolderDataset
 
     if isinstance(dataset, Subset):
-        return Subset(on_canvas(dataset.dataset), dataset.indices)
-    if isinstance(dataset, ImageFolderDataset) and dataset.views is not None:
+        inner = _with_folder_views(dataset.dataset, make_views)
+        return dataset if inner is dataset.dataset else Subset(inner, dataset.indices)
+    if isinstance(dataset, ImageFolderDataset):
+        views = make_views(dataset)
+        if views is None and dataset.views is None:
+            return dataset
         dataset = copy.copy(dataset)
-        dataset.views = None
+        dataset.views = views
     return dataset
 
 
