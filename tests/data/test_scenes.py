@@ -162,7 +162,22 @@ def test_rendered_items_are_kept_and_equal_fresh_renders():
     first["image"].zero_()
     first["mask"].zero_()
     first["present"].zero_()  # a consumer writing into its item must not change the kept copy
-    again, fresh = data[5], ScenesDataset("train", size=16, num_images=8, seed=3)[5]
-    for key in fresh:
-        assert torch.equal(torch.as_tensor(again[key]), torch.as_tensor(fresh[key])), key
+    again = data[5]
+    image, targets = render_scene(3, data.split_id, 5, 16)  # a fresh render, outside every memo
+    assert torch.equal(again["image"], torch.from_numpy(image).permute(2, 0, 1))
+    for key in ("present", "mask", "label", "color", "position", "count", "background"):
+        got = torch.as_tensor(again[key])
+        assert torch.equal(got, torch.as_tensor(targets[key]).to(got.dtype)), key
     assert again["mask"].dtype == torch.int64 and again["image"].dtype == torch.uint8
+
+
+def test_data_sets_of_one_seed_split_and_size_share_their_renders():
+    # Pretraining, the online k-NN and each evaluation row build their own data set of the same images.
+    first = ScenesDataset("train", size=16, num_images=8, seed=7)
+    item = first[2]
+    second = ScenesDataset("train", size=16, num_images=20, seed=7)  # image i does not depend on the count
+    assert second._rendered is first._rendered and 2 in second._rendered
+    assert torch.equal(second[2]["image"], item["image"])
+    for other in (ScenesDataset("val", size=16, seed=7), ScenesDataset("train", size=24, seed=7),
+                  ScenesDataset("train", size=16, seed=8)):
+        assert other._rendered is not first._rendered

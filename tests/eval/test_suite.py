@@ -247,17 +247,3 @@ def test_linear_probe_flags_on_the_command_line():
     assert parse("--linear-augmented").linear_augment is True
     with pytest.raises(SystemExit):
         parse("--linear-cached", "--linear-augmented")
-
-
-def test_builtin_splits_are_built_once_and_shared_with_their_rendered_images():
-    # The online k-NN and every row of `udi compare` / `udi demo` read the same scenes: rendered once.
-    train_a, val_a = labelled_splits("scenes", scenes_size=16, seed=3)
-    first = train_a[5]
-    train_b, val_b = labelled_splits("scenes", scenes_size=16, seed=3, eval_size=32)  # ignored for built-ins
-    assert train_b is train_a and val_b is val_a
-    assert 5 in train_a._rendered
-    first["image"].zero_()  # items are copies: a caller's change does not reach the shared images
-    assert torch.equal(train_b[5]["image"], labelled_splits("scenes", scenes_size=16, seed=3)[0][5]["image"])
-    assert train_b[5]["image"].any()
-    other_seed, _ = labelled_splits("scenes", scenes_size=16, seed=4)
-    assert other_seed is not train_a and not torch.equal(other_seed[5]["image"], train_a[5]["image"])

@@ -301,11 +301,20 @@ def render_scene(seed: int, split_id: int, index: int, size: int = 32) -> tuple[
     return (image + 0.5).astype(np.uint8), targets
 
 
+@lru_cache(maxsize=4)
+def _rendered_images(seed: int, split_id: int, size: int) -> dict[int, tuple[torch.Tensor, dict]]:
+    """The memo of rendered items (index -> image, targets) that every data set of this seed,
+    split and size shares in a process (image i does not depend on the number of images)."""
+    return {}
+
+
 class ScenesDataset(Dataset):
     """The ``scenes`` data set, rendered lazily item by item and kept in memory once rendered
     (about 4 KB per 32 px image with its mask: 40 MB for the default 10,000), so that every
-    epoch after the first spends no time rendering. Each data-loader worker process keeps
-    its own copy; with ``data.num_workers: 0`` (the CPU demos) the main process does.
+    epoch after the first spends no time rendering. Data sets of the same seed, split and size
+    share what is rendered (pretraining, the online k-NN and each evaluation row read the same
+    images; the last 4 such keys are kept). Each data-loader worker process keeps its own copy;
+    with ``data.num_workers: 0`` (the CPU demos) the main process does.
 
     Items are dicts: ``image`` uint8 (3, size, size), ``aspect`` 1.0, ``label``
     (int, class of the largest object), ``index``, ``failed`` 0, plus the
@@ -329,7 +338,7 @@ class ScenesDataset(Dataset):
         self.num_images = num_images
         self.seed = seed
         self.classes = list(SHAPES)
-        self._rendered: dict[int, tuple[torch.Tensor, dict]] = {}
+        self._rendered = _rendered_images(seed, self.split_id, size)
 
     def _render(self, index: int) -> tuple[torch.Tensor, dict]:
         """(image uint8 (3, size, size), targets with the mask as uint8), memoised."""

@@ -9,7 +9,6 @@ need) and cached in the output directory. Results are nested by protocol and fea
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import sys
@@ -70,26 +69,19 @@ def labelled_splits(data: str, canvas_size: int = EVAL_CANVAS_SIZE, scenes_size:
     full-resolution file (``udi.eval.features.with_eval_crops``; what ``run_suite`` uses); None:
     the whole image on the ``canvas_size`` canvas."""
     if data in BUILTIN_DATASETS:
-        return _builtin_splits(data, scenes_size, seed)
-    root = Path(data)
-    if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise FileNotFoundError(
-            f"evaluation data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
-            f"nor a folder with train/ and val/ subfolders{'' if root.exists() else did_you_mean(data, BUILTIN_DATASETS)}"
-        )
-    splits = labelled_folder_splits(root, canvas_size)
-    if eval_size is None:
-        return splits
-    fraction = eval_crop_fraction(data)
-    return tuple(with_eval_crops(s, eval_size, fraction) for s in splits)
-
-
-@functools.lru_cache(maxsize=4)
-def _builtin_splits(name: str, scenes_size: int, seed: int) -> tuple:
-    """(train, val) of a built-in data set, one pair per process and key: the online k-NN during
-    training and every row of a comparison then share the images ``scenes`` rendered once
-    (items are copies, so sharing is safe; 10,000 + 2,000 scenes at 32 px are about 60 MB)."""
-    kwargs = {"name": name, "scenes_size": scenes_size, "seed": seed}
+        kwargs = {"name": data, "scenes_size": scenes_size, "seed": seed}
+    else:
+        root = Path(data)
+        if not (root / "train").is_dir() or not (root / "val").is_dir():
+            raise FileNotFoundError(
+                f"evaluation data '{data}' is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
+                f"nor a folder with train/ and val/ subfolders{'' if root.exists() else did_you_mean(data, BUILTIN_DATASETS)}"
+            )
+        splits = labelled_folder_splits(root, canvas_size)
+        if eval_size is None:
+            return splits
+        fraction = eval_crop_fraction(data)
+        return tuple(with_eval_crops(s, eval_size, fraction) for s in splits)
     return build_dataset(split="train", **kwargs), build_dataset(split="val", **kwargs)
 
 
