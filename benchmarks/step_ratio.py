@@ -4,7 +4,8 @@ ViT-S/16 (configs udi_vits16_in1k_300ep / dino_vits16_in1k_300ep), globals 224 /
 locals, K prototypes, batch 4, fp32 (``train.precision=bf16``: the configs' own bf16 autocast,
 which this script used before session 8 while saying fp32), one thread. The views of one batch
 are made once and reused, so a step is the model's work only (teacher forward, student forward
-and backward, optimiser, EMA). Process CPU time, the two methods interleaved step by step, median over ``--steps``.
+and backward, optimiser, EMA). Process CPU time, the two methods interleaved step by step, median
+over ``--steps``.
 It uses only the public Trainer API, so it runs on an older checkout too (before/after):
 
     .venv/bin/python benchmarks/step_ratio.py [--k 65536] [--steps 5] [--warmup 3] [KEY=VALUE ...]
