@@ -5,7 +5,9 @@ locals, K prototypes, batch 4, fp32 (``train.precision=bf16``: the configs' own 
 which this script used before session 8 while saying fp32), one thread. The views of one batch
 are made once and reused, so a step is the model's work only (teacher forward, student forward
 and backward, optimiser, EMA). Process CPU time, the two methods interleaved step by step, median
-over ``--steps``.
+over ``--steps``. It also prints the ratio of the two steps' floating-point operations
+(``torch.utils.flop_counter``: the matrix products and convolutions, not the attention kernels,
+one step each), which no other process on the machine can disturb.
 It uses only the public Trainer API, so it runs on an older checkout too (before/after):
 
     .venv/bin/python benchmarks/step_ratio.py [--k 65536] [--steps 5] [--warmup 3] [KEY=VALUE ...]
@@ -21,6 +23,7 @@ import time
 
 import torch
 from torch.utils.data import default_collate
+from torch.utils.flop_counter import FlopCounterMode
 
 from udi.config import load_config, resolve_config_path
 from udi.train.loop import Trainer
@@ -47,6 +50,12 @@ def cpu_seconds(trainer: Trainer) -> float:
     return time.process_time() - start
 
 
+def step_flops(trainer: Trainer) -> int:
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(trainer.fixed_batch, epoch=1)
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=65536)
@@ -70,6 +79,9 @@ def main() -> None:
     # The fastest step of each: noise here (other processes, the kernel reclaiming memory) only adds time.
     result["udi / dino (fastest steps)"] = round(min(times["udi"]) / min(times["dino"]), 3)
     result["per-step udi / dino"] = [round(u / d, 3) for u, d in zip(times["udi"], times["dino"])]
+    flops = {m: step_flops(trainer) for m, trainer in trainers.items()}
+    result.update({f"{m} step (GFLOP)": round(f / 1e9, 1) for m, f in flops.items()})
+    result["udi / dino (FLOP)"] = round(flops["udi"] / flops["dino"], 4)
     print(json.dumps({"k": args.k, "batch": args.batch, "steps": args.steps, "overrides": args.overrides, **result}))
 
 

@@ -1,6 +1,7 @@
 """DINO and UDI losses against hand-computed cases and loop-based references."""
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -44,25 +45,41 @@ def random_inputs(batch=3, n_local=2, sg=4, sl=3, k=5, seed=0):
     return random_inputs_with_points(batch, n_local, sg, sl, k, seed)[:4]
 
 
+@dataclass
+class PerPoint:
+    """The per-point logits behind the networks' outputs, at every sampled point (valid or not)."""
+
+    student: torch.Tensor  # (2, B, Sg, K) student patch logits
+    teacher: torch.Tensor  # (2, B, Sg, K) teacher patch logits, [u] read on teacher view 1-u
+    local: torch.Tensor  # (L, 2, B, Sl, K) teacher patch logits at the local views' points
+
+
+def network_outputs(cls, cls_plus, t_cls, per_point, valid_global, valid_local):
+    """What the networks hand the loss: the valid global points' rows and the valid means."""
+    student = StudentLogits(cls=cls, cls_plus=cls_plus, patch=per_point.student[valid_global])
+    teacher = TeacherLogits(cls=t_cls, patch_global=per_point.teacher[valid_global],
+                            patch_global_mean=local_mean(per_point.teacher, valid_global),
+                            patch_local_mean=local_mean(per_point.local, valid_local))
+    return student, teacher
+
+
 def random_inputs_with_points(batch=3, n_local=2, sg=4, sl=3, k=5, seed=0):
-    """``random_inputs`` and the per-point local logits (L, 2, B, Sl, K) behind ``patch_local_mean``."""
+    """``random_inputs`` and the ``PerPoint`` logits behind them."""
     g = torch.Generator().manual_seed(seed)
     views = 2 + n_local
-    student = StudentLogits(
-        cls=torch.randn(views * batch, k, generator=g),
-        cls_plus=torch.randn(views * batch, k, generator=g),
-        patch=torch.randn(2, batch, sg, k, generator=g),
-    )
+    cls = torch.randn(views * batch, k, generator=g)
+    cls_plus = torch.randn(views * batch, k, generator=g)
+    s_patch = torch.randn(2, batch, sg, k, generator=g)
     t_cls = torch.randn(2 * batch, k, generator=g)
-    patch_global = torch.randn(2, batch, sg, k, generator=g)
-    points = torch.randn(n_local, 2, batch, sl, k, generator=g)
+    per_point = PerPoint(student=s_patch, teacher=torch.randn(2, batch, sg, k, generator=g),
+                         local=torch.randn(n_local, 2, batch, sl, k, generator=g))
     valid_global = torch.rand(2, batch, sg, generator=g) > 0.4
     valid_local = torch.rand(n_local, 2, batch, sl, generator=g) > 0.4
     valid_global[0, 0] = False  # an image with no valid point: [cls+] target falls back to [cls]
     if n_local:
         valid_local[0, 1, 0] = False  # the same for a local view against one teacher view
-    teacher = TeacherLogits(cls=t_cls, patch_global=patch_global, patch_local_mean=local_mean(points, valid_local))
-    return student, teacher, valid_global, valid_local, points
+    student, teacher = network_outputs(cls, cls_plus, t_cls, per_point, valid_global, valid_local)
+    return student, teacher, valid_global, valid_local, per_point
 
 
 def test_udi_without_extra_token_and_patch_level_equals_dino():
@@ -78,9 +95,9 @@ def test_udi_without_extra_token_and_patch_level_equals_dino():
         teacher.cls = teacher.cls + 0.3 * step
 
 
-def reference_udi(student, teacher, points, vg, vl, n_local, alpha, temp_t, temp_s=0.1):
-    """Direct loops over views, images and points (no vectorisation), centres all zero;
-    the local views' targets from their per-point logits ``points`` (L, 2, B, Sl, K)."""
+def reference_udi(student, teacher, per_point, vg, vl, n_local, alpha, temp_t, temp_s=0.1):
+    """Direct loops over views, images and points (no vectorisation), centres all zero, on the
+    per-point logits at every point (``PerPoint``), valid or not."""
     batch = teacher.cls.shape[0] // 2
     views = 2 + n_local
     t_cls = teacher.cls.view(2, batch, -1)
@@ -104,16 +121,16 @@ def reference_udi(student, teacher, points, vg, vl, n_local, alpha, temp_t, temp
                 part = 0 if u < 2 else 1
                 levels["cls"][part].append(h(t_cls[v, b], s_cls[u, b]))
                 if u < 2:
-                    target = blend(teacher.patch_global[u, b], vg[u, b], t_cls[v, b])
+                    target = blend(per_point.teacher[u, b], vg[u, b], t_cls[v, b])
                 else:
-                    target = blend(points[u - 2, v, b], vl[u - 2, v, b], t_cls[v, b])
+                    target = blend(per_point.local[u - 2, v, b], vl[u - 2, v, b], t_cls[v, b])
                 levels["cls_plus"][part].append(h(target, s_plus[u, b]))
     out = {}
     for name, (glob, loc) in levels.items():
         g, l = sum(glob) / len(glob), sum(loc) / len(loc)
         out[name] = (2 * g + 2 * n_local * l) / (2 + 2 * n_local)
     points = [
-        h(teacher.patch_global[u, b, i], student.patch[u, b, i])
+        h(per_point.teacher[u, b, i], per_point.student[u, b, i])
         for u in range(2) for b in range(batch) for i in range(vg.shape[2]) if vg[u, b, i]
     ]
     out["patch"] = sum(points) / len(points)  # mean over all valid points of the batch
@@ -123,10 +140,10 @@ def reference_udi(student, teacher, points, vg, vl, n_local, alpha, temp_t, temp
 
 @pytest.mark.parametrize("alpha", [0.5, 0.0, 1.0])
 def test_udi_terms_match_loop_reference(alpha):
-    student, teacher, vg, vl, points = random_inputs_with_points()
+    student, teacher, vg, vl, per_point = random_inputs_with_points()
     loss = UDILoss(out_dim=5, n_local=2, alpha=alpha)
     got = loss(student, teacher, vg, vl, teacher_temp=0.07)
-    want = reference_udi(student, teacher, points, vg, vl, n_local=2, alpha=alpha, temp_t=0.07)
+    want = reference_udi(student, teacher, per_point, vg, vl, n_local=2, alpha=alpha, temp_t=0.07)
     for name in ("cls", "cls_plus", "patch", "loss"):
         assert got[name].item() == pytest.approx(want[name], rel=1e-5), name
 
@@ -134,11 +151,11 @@ def test_udi_terms_match_loop_reference(alpha):
 def test_patch_centre_from_local_means_equals_centre_over_every_valid_point():
     # The teacher hands over only the local views' means; the patch centre must still be the
     # mean over every valid per-point row, global and local (count * mean = sum of the rows).
-    student, teacher, vg, vl, points = random_inputs_with_points(k=64)
+    student, teacher, vg, vl, per_point = random_inputs_with_points(k=64)
     loss = UDILoss(out_dim=64, n_local=2)
     loss.center_patch.normal_(generator=torch.Generator().manual_seed(1))
     expected = loss.center_patch.clone()
-    update_center(expected, torch.cat([teacher.patch_global.flatten(0, -2), points.flatten(0, -2)]), 0.9,
+    update_center(expected, torch.cat([per_point.teacher.flatten(0, -2), per_point.local.flatten(0, -2)]), 0.9,
                   torch.cat([vg.flatten(), vl.flatten()]))
     loss(student, teacher, vg, vl, teacher_temp=0.07)
     torch.testing.assert_close(loss.center_patch, expected, rtol=1e-6, atol=1e-6)
@@ -146,15 +163,15 @@ def test_patch_centre_from_local_means_equals_centre_over_every_valid_point():
 
 def test_udi_cls_plus_hand_computed_blend():
     # B = 1, no locals, K = 2, Sg = 2. Student view 0's target comes from teacher view 1.
-    student = StudentLogits(
-        cls=torch.zeros(2, 2), cls_plus=torch.tensor([[1.0, 0.0], [0.0, 0.0]]), patch=torch.zeros(2, 1, 2, 2)
-    )
+    valid = torch.tensor([[[True, False]], [[False, False]]])  # view 1: no valid point -> cls alone
+    student = StudentLogits(cls=torch.zeros(2, 2), cls_plus=torch.tensor([[1.0, 0.0], [0.0, 0.0]]),
+                            patch=torch.zeros(1, 2))  # the one valid point
     teacher = TeacherLogits(
         cls=torch.tensor([[0.0, 0.0], [2.0, 0.0]]),
-        patch_global=torch.tensor([[[[0.0, 1.0], [9.0, 9.0]]], [[[0.0, 0.0], [0.0, 0.0]]]]),
+        patch_global=torch.tensor([[0.0, 1.0]]),  # view 0's valid point ([9, 9] at its invalid one never arrives)
+        patch_global_mean=torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]]),
         patch_local_mean=None,
     )
-    valid = torch.tensor([[[True, False]], [[False, False]]])  # view 1: no valid point -> cls alone
     loss = UDILoss(out_dim=2, n_local=0, alpha=0.5)
     got = loss(student, teacher, valid, None, teacher_temp=1.0)
     # view 0: t+ = 0.5 * [0, 1] + 0.5 * T_cls(view 1) = [1.0, 0.5]; view 1: t+ = T_cls(view 0) = [0, 0]
@@ -167,13 +184,14 @@ def test_udi_cls_plus_hand_computed_blend():
 
 
 def test_patch_level_averages_over_all_valid_points_of_batch():
-    student, teacher, vg, vl = random_inputs(batch=2, n_local=0)
+    student, teacher, vg, vl, logits = random_inputs_with_points(batch=2, n_local=0)
     vg[:] = False
     vg[0, 0, :1] = True  # image 0: one valid point
     vg[0, 1, :] = True  # image 1: all four
+    student, teacher = network_outputs(student.cls, student.cls_plus, teacher.cls, logits, vg, vl)
     loss = UDILoss(out_dim=5, n_local=0, extra_token=False)
     got = loss(student, teacher, vg, None, teacher_temp=0.07)["patch"]
-    per_point = -(torch.softmax(teacher.patch_global / 0.07, -1) * torch.log_softmax(student.patch / 0.1, -1)).sum(-1)
+    per_point = -(torch.softmax(logits.teacher / 0.07, -1) * torch.log_softmax(logits.student / 0.1, -1)).sum(-1)
     assert got.item() == pytest.approx(per_point[vg].mean().item(), rel=1e-6)
     per_image = (per_point[0, 0, :1].mean() + per_point[0, 1].mean()) / 2
     assert got.item() != pytest.approx(per_image.item(), rel=1e-3)

@@ -79,8 +79,8 @@ def test_udi_sinkhorn_levels_balance_their_own_rows():
     local_part = -(probs.unsqueeze(0) * log_s[2:].unsqueeze(1)).sum(-1).mean()
     assert got["cls"].item() == pytest.approx(((2 * global_part + 4 * local_part) / 6).item(), rel=1e-5)
     # patch level: only the valid points take part in the balance and in the mean.
-    patch_probs = sinkhorn_probs(teacher.patch_global[vg], 0.07, 3)
-    ce = -(patch_probs * torch.log_softmax(student.patch[vg] / 0.1, -1)).sum(-1)
+    patch_probs = sinkhorn_probs(teacher.patch_global, 0.07, 3)  # (P, K): the valid points' rows
+    ce = -(patch_probs * torch.log_softmax(student.patch / 0.1, -1)).sum(-1)
     assert got["patch"].item() == pytest.approx(ce.mean().item(), rel=1e-5)
     assert torch.isfinite(got["cls_plus"])
 

@@ -1,13 +1,14 @@
-"""UDINetwork's teacher forward: the local crops' patch logits are averaged in the head's
-bottleneck (before the linear last layer), checked against the per-point computation it
-replaced (kept here as the reference, ``reference_forward_teacher``)."""
+"""UDINetwork's student and teacher forwards: the heads skip the points that are not valid,
+and the local crops' patch logits are averaged in the head's bottleneck (before the linear
+last layer); checked against the per-point computation at every point that they replaced
+(kept here as the references, ``reference_forward_teacher`` and ``reference_forward_student``)."""
 
 import pytest
 import torch
 
 from udi.data.views import one_hot_selection
 from udi.losses.distill import update_center
-from udi.losses.udi import TeacherLogits
+from udi.losses.udi import StudentLogits, TeacherLogits
 from udi.methods import build_method
 from udi.models.network import UDINetwork
 from udi.models.vit import VisionTransformer
@@ -38,6 +39,17 @@ def reference_forward_teacher(net, globals_, map_global, map_local):
     return logits_cls, patch_global, patch_local
 
 
+def reference_forward_student(net, globals_, locals_, select_weights):
+    """The former student path: the head on every sampled point of the global views, valid or
+    not. Returns StudentLogits with ``patch`` (2, B, Sg, K)."""
+    cls_g, patches_g = net._encode(globals_)
+    cls_tokens = torch.cat([cls_g, net._encode(locals_)[0]])
+    srs_out = net.srs(patches_g, select_weights.repeat(2, 1, 1))
+    logits_cls, logits_plus, logits_patch = net._heads(cls_tokens[:, 0], cls_tokens[:, 1], srs_out.flatten(0, 1))
+    return StudentLogits(cls=logits_cls, cls_plus=logits_plus, cls_features=cls_g[:, 0],
+                         patch=logits_patch.unflatten(0, (2, -1, select_weights.shape[1])))
+
+
 def reference_mean(logits, valid):
     """The former loss's average of per-point logits: sum_i w_i T_i / max(sum_i w_i, 1)."""
     w = valid.float()
@@ -57,6 +69,8 @@ def random_maps(batch, n_local, sg, sl, n_patches, seed=0):
 
     map_global, valid_global = rows(2, batch, sg)
     map_local, valid_local = rows(n_local, 2, batch, sl)
+    valid_global[1, 0] = False  # a (student view, image) with no valid point
+    map_global[1, 0] = 0.0
     if n_local:  # a (local, teacher view, image) with no valid point
         valid_local[0, 1, 0] = False
         map_local[0, 1, 0] = 0.0
@@ -81,14 +95,18 @@ def test_teacher_local_means_equal_mean_of_per_point_logits(shared_head, n_local
     batch, sg, sl = 3, 5, 4
     net = tiny_network(shared_head)
     globals_ = torch.randn(2 * batch, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    map_global, _, map_local, valid_local = random_maps(batch, n_local, sg, sl, 16)
+    map_global, valid_global, map_local, valid_local = random_maps(batch, n_local, sg, sl, 16)
     if not n_local:
         map_local = valid_local = None
     ref_cls, ref_global, ref_local = reference_forward_teacher(net, globals_, map_global, map_local)
     with torch.no_grad():
-        out = net.forward_teacher(globals_, map_global, map_local, valid_local)
+        out = net.forward_teacher(globals_, map_global, valid_global, map_local, valid_local)
     torch.testing.assert_close(out.cls, ref_cls, **TOL)
-    torch.testing.assert_close(out.patch_global, ref_global, **TOL)
+    assert 0 < len(out.patch_global) < valid_global.numel()
+    torch.testing.assert_close(out.patch_global, ref_global[valid_global], **TOL)  # the valid points' rows
+    assert out.patch_global_mean.shape == (2, batch, 512)
+    torch.testing.assert_close(out.patch_global_mean, reference_mean(ref_global, valid_global), **TOL)
+    assert (out.patch_global_mean[1, 0] == 0).all()
     if not n_local:
         assert out.patch_local_mean is None
         return
@@ -97,22 +115,47 @@ def test_teacher_local_means_equal_mean_of_per_point_logits(shared_head, n_local
     assert (out.patch_local_mean[0, 1, 0] == 0).all()  # no valid point: zeros (the loss falls back to [cls])
 
 
-def test_teacher_needs_validity_with_local_maps():
+def test_networks_need_validity_with_their_maps():
     net = tiny_network(True, out_dim=8)
-    map_global, _, map_local, _ = random_maps(1, 1, 2, 2, 16)
+    map_global, valid_global, map_local, _ = random_maps(1, 1, 2, 2, 16)
+    globals_ = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="valid_global"):
+        net.forward_teacher(globals_, map_global)
     with pytest.raises(ValueError, match="valid_local"):
-        net.forward_teacher(torch.randn(2, 3, 16, 16), map_global, map_local)
+        net.forward_teacher(globals_, map_global, valid_global, map_local)
+    with pytest.raises(ValueError, match="valid_global"):
+        net.forward_student(globals_, None, torch.eye(16)[:2].unsqueeze(0))
+
+
+def test_student_patch_rows_are_the_valid_points_of_the_full_computation():
+    net = tiny_network(True)
+    g = torch.Generator().manual_seed(3)
+    globals_, locals_ = torch.randn(4, 3, 16, 16, generator=g), torch.randn(6, 3, 8, 8, generator=g)
+    select = torch.eye(16)[torch.randperm(16, generator=g)[:5]].expand(2, 5, 16)  # (B, Sg, Ng) one-hot
+    valid = torch.rand(2, 2, 5, generator=g) > 0.4
+    valid[0, 1] = False
+    with torch.no_grad():
+        out = net.forward_student(globals_, locals_, select, valid)
+        ref = reference_forward_student(net, globals_, locals_, select)
+    assert 0 < len(out.patch) == valid.sum() < valid.numel()
+    torch.testing.assert_close(out.patch, ref.patch[valid], **TOL)
+    for name in ("cls", "cls_plus", "cls_features"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), **TOL)
 
 
 def reference_loss_terms(method, student, teacher, loss_fn, views, temp):
-    """The step as it was: per-point teacher logits, their mean taken in logit space, and the
-    patch centre over every valid per-point row (global and local)."""
+    """The step as it was: per-point teacher and student logits at every point, valid or not,
+    the teacher's means taken in logit space, and the patch centre over every valid per-point
+    row (global and local)."""
     t_cls, t_global, t_local = reference_forward_teacher(teacher, views.globals_, views.map_global, views.map_local)
     center_patch = loss_fn.center_patch.clone()
-    teacher_out = TeacherLogits(cls=t_cls, patch_global=t_global,
+    valid = views.valid_global
+    teacher_out = TeacherLogits(cls=t_cls, patch_global=t_global[valid],
+                                patch_global_mean=reference_mean(t_global, valid),
                                 patch_local_mean=reference_mean(t_local, views.valid_local))
     select = one_hot_selection(views.select_global, method.spec.global_grid)
-    student_out = student("student", views.globals_, views.locals_, select)
+    student_out = reference_forward_student(student, views.globals_, views.locals_, select)
+    student_out.patch = student_out.patch[valid]  # the loss reads the valid points' rows
     terms = loss_fn(student_out, teacher_out, views.valid_global, views.valid_local, temp)
     rows = torch.cat([t_global.flatten(0, -2), t_local.flatten(0, -2)])
     update_center(center_patch, rows, loss_fn.center_momentum,
@@ -133,6 +176,7 @@ def test_training_step_loss_gradients_and_centres_unchanged():
     views = method.make_inputs(tiny_batch(cfg, size=6), torch.device("cpu"), torch.Generator().manual_seed(0),
                                schedules)
     assert views.valid_local.any() and not views.valid_local.all()
+    assert views.valid_global.any() and not views.valid_global.all()  # the heads skip some points
 
     results = []
     for path in ("new", "reference"):

@@ -7,11 +7,13 @@ view-major (rows [vB:(v+1)B] are view v; views 0 and 1 are the global views).
 - cls:   H(P_t(cls of v'), P_s(cls of u)) for every student view u and teacher global view v' != u.
 - cls+:  H(P_t(t+(u, v')), P_s(cls+ of u)) with the multimodal target, blended in logit space,
          ``t+ = alpha * mean_valid_i T_patch(v', point i of u) + (1 - alpha) * T_cls(v')``.
-         For local views u the teacher hands over that mean already taken (``patch_local_mean``):
-         only it and the validity counts enter the loss and the patch centre, never the
-         per-point logits (the network takes it in the head's bottleneck, before the K-wide
-         linear last layer, see ``UDINetwork.forward_teacher``).
+         The teacher hands over that mean already taken (``patch_global_mean``,
+         ``patch_local_mean``): for local views only it and the validity counts enter the loss
+         and the patch centre, never the per-point logits (the network takes it in the head's
+         bottleneck, before the K-wide linear last layer, see ``UDINetwork.forward_teacher``).
 - patch: H(P_t(T_patch(v', i)), P_s(SRS_student(u, i))) over valid points, global student views only.
+         Both networks hand over the logits of the P valid points alone (rows of
+         ``valid_global``'s True entries, row-major), the invalid ones never reaching a head.
 
 Each level is ``(2 * global_part + 2L * local_part) / (2 + 2L)``; the total is the mean of
 the active levels. With the extra token and the patch level off, this is the DINO loss.
@@ -31,23 +33,22 @@ from udi.losses.distill import check_centering, sinkhorn_probs, soft_cross_entro
 class StudentLogits:
     cls: torch.Tensor  # (V*B, K)
     cls_plus: torch.Tensor | None = None  # (V*B, K)
-    patch: torch.Tensor | None = None  # (2, B, Sg, K): SRS logits at the student's own points of global view u
+    # (P, K): SRS logits at the student's own points of global view u that are valid, i.e. the rows
+    # of valid_global (2, B, Sg)'s True entries (u, b, i) in row-major order
+    patch: torch.Tensor | None = None
     cls_features: torch.Tensor | None = None  # (2*B, D): normed backbone [cls] of the global views (KoLeo)
 
 
 @dataclass
 class TeacherLogits:
     cls: torch.Tensor  # (2*B, K)
-    patch_global: torch.Tensor | None = None  # (2, B, Sg, K): [u] = at points of student view u, read on teacher view 1-u
+    # (P, K): T_patch at the valid points of student view u, read on teacher view 1-u (the rows of ``patch``)
+    patch_global: torch.Tensor | None = None
+    # (2, B, K): [u, b] = mean of those rows over image b's valid points of view u (zeros where none is)
+    patch_global_mean: torch.Tensor | None = None
     # (L, 2, B, K): [j, v, b] = mean over the valid points i of local j of T_patch(v, point i),
     # the teacher's patch logits on view v at local j's points (zeros where no point is valid)
     patch_local_mean: torch.Tensor | None = None
-
-
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(..., S, K), (..., S) -> (..., K) = sum_i w_i x_i / sum_i w_i (zeros where sum w = 0)."""
-    summed = torch.matmul(weights.to(values.dtype).unsqueeze(-2), values).squeeze(-2).float()
-    return summed / weights.float().sum(-1, keepdim=True).clamp(min=1.0)
 
 
 class UDILoss(nn.Module):
@@ -94,15 +95,13 @@ class UDILoss(nn.Module):
     def needs_teacher_patches(self) -> bool:
         return self.extra_token or self.patch_level
 
-    def _targets(self, logits: torch.Tensor, center: torch.Tensor, teacher_temp: float,
-                 valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher distributions of one level: (..., K) logits -> (..., K); valid: (...) bool
-        rows that take part in the Sinkhorn balance (all when None)."""
+    def _targets(self, logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """Teacher distributions of one level: (..., K) logits -> (..., K), every row taking part
+        in the Sinkhorn balance (the patch level hands over its valid points alone)."""
         if self.centering == "center":
             return teacher_probs(logits, center, teacher_temp)
         rows = logits.flatten(0, -2)
-        weights = None if valid is None else valid.flatten()
-        return sinkhorn_probs(rows, teacher_temp, self.sinkhorn_iters, weights).view(logits.shape)
+        return sinkhorn_probs(rows, teacher_temp, self.sinkhorn_iters).view(logits.shape)
 
     def _combine(self, global_part: torch.Tensor, local_part: torch.Tensor | None) -> torch.Tensor:
         if local_part is None:
@@ -135,7 +134,7 @@ class UDILoss(nn.Module):
         terms["cls"] = self._level(probs.flip(0), probs.unsqueeze(0), s_cls)
 
         if self.extra_token:
-            blend_g = self.alpha * _weighted_mean(teacher.patch_global, valid_global) + (1 - self.alpha) * other
+            blend_g = self.alpha * teacher.patch_global_mean.float() + (1 - self.alpha) * other
             blend_g = torch.where(valid_global.any(-1, keepdim=True), blend_g, other)  # no valid point: cls alone
             blend_l = None
             if self.n_local:
@@ -154,10 +153,9 @@ class UDILoss(nn.Module):
             terms["cls_plus"] = self._level(probs_g, probs_l, s_plus)
 
         if self.patch_level:
-            probs = self._targets(teacher.patch_global, self.center_patch, teacher_temp, valid_global)  # (2, B, Sg, K)
-            ce = soft_cross_entropy(probs, student.patch, self.student_temp)  # (2, B, Sg)
-            weights = valid_global.float()
-            terms["patch"] = (ce * weights).sum() / weights.sum().clamp(min=1.0)
+            probs = self._targets(teacher.patch_global, self.center_patch, teacher_temp)  # (P, K)
+            ce = soft_cross_entropy(probs, student.patch, self.student_temp)  # (P,)
+            terms["patch"] = ce.sum() / max(len(ce), 1)  # the mean over the batch's valid points
 
         terms["loss"] = sum(terms.values()) / len(terms)
 
@@ -173,8 +171,8 @@ class UDILoss(nn.Module):
             blends = [blend_g.flatten(0, -2)] + ([] if blend_l is None else [blend_l.flatten(0, -2)])
             update_center(self.center_cls_plus, torch.cat(blends), self.center_momentum)
         if self.needs_teacher_patches:
-            patches = [teacher.patch_global.flatten(0, -2)]
-            weights = [valid_global.flatten()]
+            patches = [teacher.patch_global]
+            weights = [torch.ones(len(teacher.patch_global), device=teacher.patch_global.device)]
             if self.n_local:  # sum over a local's valid points of T = count * their mean
                 patches.append(teacher.patch_local_mean.flatten(0, -2))
                 weights.append(valid_local.sum(-1).flatten())

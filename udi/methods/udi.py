@@ -150,13 +150,15 @@ class UDIMethod(Method):
             teacher_out = teacher.forward_teacher(
                 views.globals_,
                 views.map_global if patches else None,
+                views.valid_global if patches else None,
                 views.map_local if patches and has_locals else None,
                 views.valid_local if patches and has_locals else None,
             )
-        select = None
+        select = valid = None
         if loss_fn.patch_level:
             select = one_hot_selection(views.select_global, self.spec.global_grid).to(views.globals_.dtype)
-        student_out = model("student", views.globals_, views.locals_ if has_locals else None, select)
+            valid = views.valid_global
+        student_out = model("student", views.globals_, views.locals_ if has_locals else None, select, valid)
         terms = loss_fn(
             student_out,
             teacher_out,

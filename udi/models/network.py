@@ -16,12 +16,19 @@ from udi.models.srs import SRSModule
 from udi.models.vit import VisionTransformer
 
 
-def _valid_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(..., S, C), (..., S) bool -> (..., C): mean over the valid rows (zeros where none is),
-    summed in at least float32 (an elementwise product and a sum, which autocast leaves alone)."""
-    values = values.to(torch.promote_types(values.dtype, torch.float32))
-    weights = valid.to(values.dtype).unsqueeze(-1)
-    return (values * weights).sum(-2) / weights.sum(-2).clamp(min=1.0)
+def group_means(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Means of the valid points of each group, from their rows alone.
+
+    rows: (P, C), the values at ``valid``'s True entries in row-major order (``x[valid]``);
+    valid: (..., S) bool -> (..., C), the mean over each group's valid points (zeros where
+    none is), summed in at least float32 (an index_add, which autocast leaves alone).
+    """
+    groups = valid.flatten(0, -2)  # (G, S)
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    index = groups.nonzero()[:, 0]  # the group of each row, in the order of x[valid]
+    sums = torch.zeros(len(groups), rows.shape[-1], dtype=dtype, device=rows.device).index_add_(0, index, rows.to(dtype))
+    counts = groups.sum(-1, keepdim=True).to(dtype).clamp(min=1.0)
+    return (sums / counts).unflatten(0, valid.shape[:-1])
 
 
 class UDINetwork(nn.Module):
@@ -72,10 +79,19 @@ class UDINetwork(nn.Module):
         )
 
     def forward_student(
-        self, globals_: torch.Tensor, locals_: torch.Tensor | None, select_weights: torch.Tensor | None
+        self,
+        globals_: torch.Tensor,
+        locals_: torch.Tensor | None,
+        select_weights: torch.Tensor | None,
+        valid_global: torch.Tensor | None = None,
     ) -> StudentLogits:
         """globals_: (2B, 3, Gs, Gs); locals_: (L*B, 3, Ls, Ls) or None;
-        select_weights: (B, Sg, Ng) one-hot rows of the SRS selection, or None (no patch level)."""
+        select_weights: (B, Sg, Ng) one-hot rows of the SRS selection, or None (no patch level);
+        valid_global: (2, B, Sg) bool, which points of global view u lie in view 1-u (needed
+        with select_weights). Only those points enter the loss, so the head runs on them alone:
+        ``patch`` is (P, K), the rows of ``valid_global``'s True entries in row-major order."""
+        if select_weights is not None and valid_global is None:
+            raise ValueError("forward_student needs valid_global with select_weights")
         cls_g, patches_g = self._encode(globals_)
         cls_tokens = [cls_g]
         if locals_ is not None and len(locals_):
@@ -85,35 +101,39 @@ class UDINetwork(nn.Module):
         if select_weights is not None:
             weights = select_weights.repeat(2, 1, 1)  # the same mask for both global views
             srs_out = self.srs(patches_g, weights)  # (2B, Sg, D)
+            srs_out = srs_out[valid_global.flatten(0, 1)]  # (P, D): rows (u, b, i) in valid_global's order
         cls_plus = cls_tokens[:, 1] if self.extra_token else None
-        logits_cls, logits_plus, logits_patch = self._heads(
-            cls_tokens[:, 0], cls_plus, None if srs_out is None else srs_out.flatten(0, 1)
-        )
-        if logits_patch is not None:
-            logits_patch = logits_patch.unflatten(0, (2, -1, select_weights.shape[1]))
+        logits_cls, logits_plus, logits_patch = self._heads(cls_tokens[:, 0], cls_plus, srs_out)
         return StudentLogits(cls=logits_cls, cls_plus=logits_plus, patch=logits_patch, cls_features=cls_g[:, 0])
 
     def forward_teacher(
         self,
         globals_: torch.Tensor,
-        map_global: torch.Tensor | None,
-        map_local: torch.Tensor | None,
+        map_global: torch.Tensor | None = None,
+        valid_global: torch.Tensor | None = None,
+        map_local: torch.Tensor | None = None,
         valid_local: torch.Tensor | None = None,
     ) -> TeacherLogits:
         """globals_: (2B, 3, Gs, Gs); map_global: (2, B, Sg, Ng), [u] = student view u onto
-        teacher view 1-u; map_local: (L, 2, B, Sl, Ng), [j, v] = local j onto teacher view v;
-        valid_local: (L, 2, B, Sl) bool, which of those points count (needed with map_local).
+        teacher view 1-u; valid_global: (2, B, Sg) bool, which of those points count (needed
+        with map_global); map_local: (L, 2, B, Sl, Ng), [j, v] = local j onto teacher view v;
+        valid_local: (L, 2, B, Sl) bool (needed with map_local).
 
-        Local points only ever enter the loss as a valid-weighted mean of their patch logits
-        (the [cls+] target of a local view and the patch centre), and the head's last layer
-        is linear, so their normalised bottleneck vectors are averaged per (local j, teacher
-        view v, image b) and the K-wide last layer runs once per average: ``patch_local_mean``
+        Invalid points never enter the loss, so the head skips them: ``patch_global`` holds the
+        logits of the valid global points only, (P, K) in ``valid_global``'s row-major order
+        (the student's ``patch`` rows), and ``patch_global_mean`` (2, B, K) their mean per
+        student view and image. Local points only ever enter the loss as such a mean (the
+        [cls+] target of a local view and the patch centre), and the head's last layer is
+        linear, so their normalised bottleneck vectors are averaged per (local j, teacher view
+        v, image b) and the K-wide last layer runs once per average: ``patch_local_mean``
         equals the mean of the per-point logits up to rounding, without the (L*Sl) x K ones.
         """
         cls, patches = self._encode(globals_)
         if map_global is None:
             return TeacherLogits(cls=self._heads(cls[:, 0], None, None)[0])
         n_local, sg = (map_local.shape[0] if map_local is not None else 0), map_global.shape[2]
+        if valid_global is None:
+            raise ValueError("forward_teacher needs valid_global with map_global")
         if n_local and valid_local is None:
             raise ValueError("forward_teacher needs valid_local with map_local")
         # Per teacher view v, queries of its partner global view (1-v) followed by all locals.
@@ -121,33 +141,36 @@ class UDINetwork(nn.Module):
         if n_local:
             queries.append(map_local.permute(1, 2, 0, 3, 4).flatten(2, 3))  # (2, B, L*Sl, Ng)
         queries = torch.cat(queries, dim=2).flatten(0, 1)  # (2B, S, Ng)
-        srs_out = self.srs(patches, queries)  # (2B, S, D)
-        two_b, n_points = srs_out.shape[:2]
+        points = self.srs(patches, queries).unflatten(0, (2, -1))  # (2 teacher views, B, S, D)
+        two_b = len(cls)
+        # the global points in student-view order u (read on teacher view 1-u), valid ones only
+        rows = [points[:, :, :sg].flip(0)[valid_global]]  # (P, D)
+        if n_local:
+            valid_by_view = valid_local.permute(1, 2, 0, 3)  # (2, B, L, Sl)
+            rows.append(points[:, :, sg:].unflatten(2, (n_local, -1))[valid_by_view])  # (Q, D)
         head_patch = self.head_patch or self.head
         shared = head_patch is self.head
+        sizes = [len(r) for r in rows]
         if shared:  # one MLP call over every row (one big matmul), as in _heads
-            z = self.head.bottleneck(torch.cat([cls[:, 0], srs_out.flatten(0, 1)]))
-            z_cls, z_patch = z.split([two_b, two_b * n_points])
+            z_cls, *z_points = self.head.bottleneck(torch.cat([cls[:, 0], *rows])).split([two_b, *sizes])
         else:
-            z_cls, z_patch = self.head.bottleneck(cls[:, 0]), head_patch.bottleneck(srs_out.flatten(0, 1))
-        z_patch = z_patch.unflatten(0, (2, -1, n_points))  # (2 teacher views, B, S, Db)
-        rows = [z_patch[:, :, :sg].flatten(0, 2)]
+            z_cls, z_points = self.head.bottleneck(cls[:, 0]), head_patch.bottleneck(torch.cat(rows)).split(sizes)
+        last = [z_points[0]]
         if n_local:
-            z_local = z_patch[:, :, sg:].unflatten(2, (n_local, -1))  # (2, B, L, Sl, Db)
-            rows.append(_valid_mean(z_local, valid_local.permute(1, 2, 0, 3)).flatten(0, 2))  # (2*B*L, Db)
+            last.append(group_means(z_points[1], valid_by_view).flatten(0, 2))  # (2*B*L, Db)
         if shared:
-            logits = self.head.last_layer(torch.cat([z_cls, *rows]))
+            logits = self.head.last_layer(torch.cat([z_cls, *last]))
             logits_cls, logits_patch = logits.split([two_b, len(logits) - two_b])
         else:
-            logits_cls, logits_patch = self.head.last_layer(z_cls), head_patch.last_layer(torch.cat(rows))
-        n_global = len(rows[0])
-        # back to student-view order u: [u] is read on teacher view 1-u
-        patch_global = logits_patch[:n_global].unflatten(0, (2, -1, sg)).flip(0)  # (2, B, Sg, K)
+            logits_cls, logits_patch = self.head.last_layer(z_cls), head_patch.last_layer(torch.cat(last))
+        patch_global = logits_patch[: sizes[0]]  # (P, K)
         patch_local_mean = None
         if n_local:
-            local = logits_patch[n_global:].unflatten(0, (2, -1, n_local))  # (2, B, L, K)
+            local = logits_patch[sizes[0]:].unflatten(0, (2, -1, n_local))  # (2, B, L, K)
             patch_local_mean = local.permute(2, 0, 1, 3)  # (L, 2, B, K)
-        return TeacherLogits(cls=logits_cls, patch_global=patch_global, patch_local_mean=patch_local_mean)
+        return TeacherLogits(cls=logits_cls, patch_global=patch_global,
+                             patch_global_mean=group_means(patch_global, valid_global),
+                             patch_local_mean=patch_local_mean)
 
     def forward(self, role: str, *args):
         """``role`` is "student" or "teacher"; see forward_student / forward_teacher."""
