@@ -16,8 +16,9 @@ class SRSModule(nn.Module):
     ``X = norm_in(x)``, ``Q = weights @ q(X)``, ``K, V = kv(X)``,
     ``Z = softmax(Q K^T / sqrt(d_head)) V`` per head, ``out = norm_out(proj(Z) + weights @ X)``.
     The student passes one-hot rows (its own selection), the teacher bilinear rows
-    (the point's position on its view); all-zero rows (invalid points) give finite
-    outputs that the caller must mask.
+    (the point's position on its view); both sum to 1, so ``Q = q(weights @ X)``, which is
+    how it is computed (the projection on the S points instead of the N tokens). All-zero
+    rows (invalid points) give finite outputs that the caller must drop.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -43,12 +44,13 @@ class SRSModule(nn.Module):
         S, H = weights.shape[1], self.num_heads
         X = self.norm_in(x)
         weights = weights.to(X.dtype)
-        q = (weights @ self.q(X)).reshape(B, S, H, D // H).transpose(1, 2)
+        pooled = weights @ X  # (B, S, D), the points' tokens, also the skip connection
+        q = self.q(pooled).reshape(B, S, H, D // H).transpose(1, 2)
         k, v = self.kv(X).reshape(B, N, 2, H, D // H).permute(2, 0, 3, 1, 4)
         if return_attention:
             attn = ((q @ k.transpose(-2, -1)) * (D // H) ** -0.5).softmax(dim=-1)
             z = attn @ v
         else:
             z = F.scaled_dot_product_attention(q, k, v)
-        out = self.norm_out(self.proj(z.transpose(1, 2).reshape(B, S, D)) + weights @ X)
+        out = self.norm_out(self.proj(z.transpose(1, 2).reshape(B, S, D)) + pooled)
         return (out, attn) if return_attention else out
