@@ -217,6 +217,24 @@ def test_update_center_weighted_and_empty():
     assert center.tolist() == [[0.5, 1.0]]  # no valid entry: unchanged
 
 
+def test_update_center_of_parts_equals_update_of_their_concatenation():
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(3, 4, generator=g), torch.randn(0, 4), torch.randn(2, 4, generator=g)]
+    weights = [torch.tensor([1.0, 0.0, 2.0]), torch.zeros(0), torch.tensor([3.0, 1.0])]
+    by_parts, whole = torch.ones(1, 4), torch.ones(1, 4)
+    update_center(by_parts, parts, 0.9, weights)
+    update_center(whole, torch.cat(parts), 0.9, torch.cat(weights))
+    torch.testing.assert_close(by_parts, whole)
+    # [1, 0, 2] and [3, 1] weights: (1 * p0[0] + 2 * p0[2] + 3 * p2[0] + p2[1]) / 7
+    mean = (parts[0][0] + 2 * parts[0][2] + 3 * parts[2][0] + parts[2][1]) / 7
+    torch.testing.assert_close(by_parts[0], 0.9 + 0.1 * mean)
+    unweighted = torch.zeros(1, 4)
+    update_center(unweighted, parts, 0.5)
+    torch.testing.assert_close(unweighted[0], 0.5 * torch.cat(parts).mean(0))
+    with pytest.raises(ValueError, match="parts"):
+        update_center(unweighted, parts, 0.5, weights[:2])
+
+
 def test_udi_loss_backpropagates_to_every_student_output():
     student, teacher, vg, vl = random_inputs()
     for tensor in (student.cls, student.cls_plus, student.patch):

@@ -7,6 +7,8 @@ Shapes: K is the head's output dimension; ``...`` any leading dimensions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -69,20 +71,34 @@ def sinkhorn_probs(
 
 
 @torch.no_grad()
-def update_center(center: torch.Tensor, logits: torch.Tensor, momentum: float, weights: torch.Tensor | None = None) -> None:
+def update_center(
+    center: torch.Tensor,
+    logits: torch.Tensor | Sequence[torch.Tensor],
+    momentum: float,
+    weights: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> None:
     """In place: ``c <- m c + (1 - m) mean(logits)``, the mean over all rows of all processes.
 
-    center: (1, K) buffer; logits: (R, K); weights: optional (R,) row weights
-    (validity of patch points), the mean then being ``sum w t / sum w``.
+    center: (1, K) buffer; logits: (R, K), or a sequence of (R_i, K) parts taken as their
+    concatenation (without building it); weights: optional (R,) row weights (validity of patch
+    points), or one (R_i,) per part, the mean then being ``sum w t / sum w``.
     """
-    logits = logits.float()
+    parts = [logits] if isinstance(logits, torch.Tensor) else list(logits)
     if weights is None:
-        weights = torch.ones(logits.shape[0], device=logits.device)
-    weights = weights.float()
-    stats = torch.cat([(weights[:, None] * logits).sum(dim=0), weights.sum().reshape(1)])
+        weights = [None] * len(parts)
+    elif isinstance(weights, torch.Tensor):
+        weights = [weights]
+    if len(weights) != len(parts):
+        raise ValueError(f"update_center got {len(parts)} parts of logits and {len(weights)} of weights")
+    total = torch.zeros(center.shape[-1] + 1, device=center.device)
+    for part, w in zip(parts, weights):
+        part = part.float()
+        w = torch.ones(part.shape[0], device=part.device) if w is None else w.float()
+        total[:-1] += w @ part  # one pass over the rows (a matrix-vector product), no (R, K) temporary
+        total[-1] += w.sum()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(stats)
-    total_weight = stats[-1]
+        dist.all_reduce(total)
+    total_weight = total[-1]
     if total_weight <= 0:
         return  # no valid entry anywhere this step: keep the centre
-    center.mul_(momentum).add_(stats[None, :-1] / total_weight, alpha=1.0 - momentum)
+    center.mul_(momentum).add_(total[None, :-1] / total_weight, alpha=1.0 - momentum)

@@ -169,14 +169,13 @@ class UDILoss(nn.Module):
         update_center(self.center_cls, teacher.cls, self.center_momentum)
         if self.extra_token:
             blends = [blend_g.flatten(0, -2)] + ([] if blend_l is None else [blend_l.flatten(0, -2)])
-            update_center(self.center_cls_plus, torch.cat(blends), self.center_momentum)
+            update_center(self.center_cls_plus, blends, self.center_momentum)
         if self.needs_teacher_patches:
-            patches = [teacher.patch_global]
-            weights = [torch.ones(len(teacher.patch_global), device=teacher.patch_global.device)]
+            patches, weights = [teacher.patch_global], [None]  # the valid global points, weight 1 each
             if self.n_local:  # sum over a local's valid points of T = count * their mean
                 patches.append(teacher.patch_local_mean.flatten(0, -2))
                 weights.append(valid_local.sum(-1).flatten())
-            update_center(self.center_patch, torch.cat(patches), self.center_momentum, torch.cat(weights))
+            update_center(self.center_patch, patches, self.center_momentum, weights)
 
     def _level(self, global_probs: torch.Tensor, local_probs: torch.Tensor | None, student: torch.Tensor) -> torch.Tensor:
         """One image-level term.
