@@ -78,7 +78,9 @@ def main() -> None:
     result["udi / dino"] = round(result["udi step (s)"] / result["dino step (s)"], 3)
     # The fastest step of each: noise here (other processes, the kernel reclaiming memory) only adds time.
     result["udi / dino (fastest steps)"] = round(min(times["udi"]) / min(times["dino"]), 3)
-    result["per-step udi / dino"] = [round(u / d, 3) for u, d in zip(times["udi"], times["dino"])]
+    per_step = [u / d for u, d in zip(times["udi"], times["dino"])]  # neighbours in time: slow drifts cancel
+    result["udi / dino (median of per-step ratios)"] = round(statistics.median(per_step), 3)
+    result["per-step udi / dino"] = [round(r, 3) for r in per_step]
     flops = {m: step_flops(trainer) for m, trainer in trainers.items()}
     result.update({f"{m} step (GFLOP)": round(f / 1e9, 1) for m, f in flops.items()})
     result["udi / dino (FLOP)"] = round(flops["udi"] / flops["dino"], 4)
