@@ -8,7 +8,7 @@ import torch
 
 from udi.data.views import one_hot_selection
 from udi.losses.distill import update_center
-from udi.losses.udi import StudentLogits, TeacherLogits
+from udi.losses.udi import StudentLogits, TeacherLogits, UDILoss
 from udi.methods import build_method
 from udi.models.network import UDINetwork
 from udi.models.vit import VisionTransformer
@@ -214,3 +214,23 @@ def test_head_state_dict_keys_unchanged():
     keys = list(net.state_dict())
     for prefix in ("head.", "head_patch.", "head_plus."):
         assert [k[len(prefix):] for k in keys if k.startswith(prefix)] == head_keys
+
+
+def test_no_valid_point_anywhere_gives_empty_rows_and_a_finite_loss():
+    net = tiny_network(True)
+    map_global, valid_global, map_local, valid_local = random_maps(2, 3, 5, 4, 16)
+    for maps, valid in ((map_global, valid_global), (map_local, valid_local)):
+        maps.zero_()
+        valid.zero_()
+    globals_ = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        teacher = net.forward_teacher(globals_, map_global, valid_global, map_local, valid_local)
+    assert teacher.patch_global.shape == (0, 512)
+    assert (teacher.patch_global_mean == 0).all() and (teacher.patch_local_mean == 0).all()
+    student = net.train().forward_student(globals_, torch.randn(6, 3, 8, 8), torch.eye(16)[:5].expand(2, 5, 16),
+                                          valid_global)
+    assert student.patch.shape == (0, 512)
+    terms = UDILoss(512, n_local=3)(student, teacher, valid_global, valid_local, teacher_temp=0.07)
+    assert terms["patch"].item() == 0 and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    assert net.head.last_layer.weight_v.grad.abs().sum() > 0
