@@ -58,7 +58,6 @@ def network_outputs(cls, cls_plus, t_cls, per_point, valid_global, valid_local):
     """What the networks hand the loss: the valid global points' rows and the valid means."""
     student = StudentLogits(cls=cls, cls_plus=cls_plus, patch=per_point.student[valid_global])
     teacher = TeacherLogits(cls=t_cls, patch_global=per_point.teacher[valid_global],
-                            patch_global_mean=local_mean(per_point.teacher, valid_global),
                             patch_local_mean=local_mean(per_point.local, valid_local))
     return student, teacher
 
@@ -169,7 +168,6 @@ def test_udi_cls_plus_hand_computed_blend():
     teacher = TeacherLogits(
         cls=torch.tensor([[0.0, 0.0], [2.0, 0.0]]),
         patch_global=torch.tensor([[0.0, 1.0]]),  # view 0's valid point ([9, 9] at its invalid one never arrives)
-        patch_global_mean=torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]]),
         patch_local_mean=None,
     )
     loss = UDILoss(out_dim=2, n_local=0, alpha=0.5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from udi.data.views import one_hot_selection
-from udi.losses.distill import update_center
+from udi.losses.distill import group_means, update_center
 from udi.losses.udi import StudentLogits, TeacherLogits, UDILoss
 from udi.methods import build_method
 from udi.models.network import UDINetwork
@@ -104,9 +104,10 @@ def test_teacher_local_means_equal_mean_of_per_point_logits(shared_head, n_local
     torch.testing.assert_close(out.cls, ref_cls, **TOL)
     assert 0 < len(out.patch_global) < valid_global.numel()
     torch.testing.assert_close(out.patch_global, ref_global[valid_global], **TOL)  # the valid points' rows
-    assert out.patch_global_mean.shape == (2, batch, 512)
-    torch.testing.assert_close(out.patch_global_mean, reference_mean(ref_global, valid_global), **TOL)
-    assert (out.patch_global_mean[1, 0] == 0).all()
+    global_mean = group_means(out.patch_global, valid_global)  # what the loss takes of these rows
+    assert global_mean.shape == (2, batch, 512)
+    torch.testing.assert_close(global_mean, reference_mean(ref_global, valid_global), **TOL)
+    assert (global_mean[1, 0] == 0).all()
     if not n_local:
         assert out.patch_local_mean is None
         return
@@ -151,7 +152,6 @@ def reference_loss_terms(method, student, teacher, loss_fn, views, temp):
     center_patch = loss_fn.center_patch.clone()
     valid = views.valid_global
     teacher_out = TeacherLogits(cls=t_cls, patch_global=t_global[valid],
-                                patch_global_mean=reference_mean(t_global, valid),
                                 patch_local_mean=reference_mean(t_local, views.valid_local))
     select = one_hot_selection(views.select_global, method.spec.global_grid)
     student_out = reference_forward_student(student, views.globals_, views.locals_, select)
@@ -226,7 +226,7 @@ def test_no_valid_point_anywhere_gives_empty_rows_and_a_finite_loss():
     with torch.no_grad():
         teacher = net.forward_teacher(globals_, map_global, valid_global, map_local, valid_local)
     assert teacher.patch_global.shape == (0, 512)
-    assert (teacher.patch_global_mean == 0).all() and (teacher.patch_local_mean == 0).all()
+    assert (group_means(teacher.patch_global, valid_global) == 0).all() and (teacher.patch_local_mean == 0).all()
     student = net.train().forward_student(globals_, torch.randn(6, 3, 8, 8), torch.eye(16)[:5].expand(2, 5, 16),
                                           valid_global)
     assert student.patch.shape == (0, 512)

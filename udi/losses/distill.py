@@ -1,6 +1,7 @@
 """Primitives shared by the distillation losses (DINO, UDI): the student's cross-entropy
 and the two ways of turning teacher logits into targets, centring (DINO, UDI) or
-Sinkhorn-Knopp balancing (SwAV, DINOv2; an option, ``loss.centering=sinkhorn``).
+Sinkhorn-Knopp balancing (SwAV, DINOv2; an option, ``loss.centering=sinkhorn``), and the
+per-group means of rows kept only at valid points (UDI's patch logits and bottleneck vectors).
 
 Shapes: K is the head's output dimension; ``...`` any leading dimensions.
 """
@@ -17,6 +18,21 @@ import torch.nn.functional as F
 def soft_cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
     """``H(p_t, softmax(s / tau_s))`` per row: (..., K), (..., K) -> (...)."""
     return -(teacher_probs * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(dim=-1)
+
+
+def group_means(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Means of the valid points of each group, from their rows alone.
+
+    rows: (P, C), the values at ``valid``'s True entries in row-major order (``x[valid]``);
+    valid: (..., S) bool -> (..., C), the mean over each group's valid points (zeros where
+    none is), summed in at least float32 (an index_add, which autocast leaves alone).
+    """
+    groups = valid.flatten(0, -2)  # (G, S)
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    index = groups.nonzero()[:, 0]  # the group of each row, in the order of x[valid]
+    sums = torch.zeros(len(groups), rows.shape[-1], dtype=dtype, device=rows.device).index_add_(0, index, rows.to(dtype))
+    counts = groups.sum(-1, keepdim=True).to(dtype).clamp(min=1.0)
+    return (sums / counts).unflatten(0, valid.shape[:-1])
 
 
 CENTERINGS = ("center", "sinkhorn")  # how teacher logits become targets (``loss.centering``)

@@ -7,10 +7,10 @@ view-major (rows [vB:(v+1)B] are view v; views 0 and 1 are the global views).
 - cls:   H(P_t(cls of v'), P_s(cls of u)) for every student view u and teacher global view v' != u.
 - cls+:  H(P_t(t+(u, v')), P_s(cls+ of u)) with the multimodal target, blended in logit space,
          ``t+ = alpha * mean_valid_i T_patch(v', point i of u) + (1 - alpha) * T_cls(v')``.
-         The teacher hands over that mean already taken (``patch_global_mean``,
-         ``patch_local_mean``): for local views only it and the validity counts enter the loss
-         and the patch centre, never the per-point logits (the network takes it in the head's
-         bottleneck, before the K-wide linear last layer, see ``UDINetwork.forward_teacher``).
+         For local views u the teacher hands over that mean already taken (``patch_local_mean``):
+         only it and the validity counts enter the loss and the patch centre, never the
+         per-point logits (the network takes it in the head's bottleneck, before the K-wide
+         linear last layer, see ``UDINetwork.forward_teacher``).
 - patch: H(P_t(T_patch(v', i)), P_s(SRS_student(u, i))) over valid points, global student views only.
          Both networks hand over the logits of the P valid points alone (rows of
          ``valid_global``'s True entries, row-major), the invalid ones never reaching a head.
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from udi.losses.distill import check_centering, sinkhorn_probs, soft_cross_entropy, teacher_probs, update_center
+from udi.losses.distill import (check_centering, group_means, sinkhorn_probs, soft_cross_entropy, teacher_probs,
+                                update_center)
 
 
 @dataclass
@@ -44,8 +45,6 @@ class TeacherLogits:
     cls: torch.Tensor  # (2*B, K)
     # (P, K): T_patch at the valid points of student view u, read on teacher view 1-u (the rows of ``patch``)
     patch_global: torch.Tensor | None = None
-    # (2, B, K): [u, b] = mean of those rows over image b's valid points of view u (zeros where none is)
-    patch_global_mean: torch.Tensor | None = None
     # (L, 2, B, K): [j, v, b] = mean over the valid points i of local j of T_patch(v, point i),
     # the teacher's patch logits on view v at local j's points (zeros where no point is valid)
     patch_local_mean: torch.Tensor | None = None
@@ -134,7 +133,8 @@ class UDILoss(nn.Module):
         terms["cls"] = self._level(probs.flip(0), probs.unsqueeze(0), s_cls)
 
         if self.extra_token:
-            blend_g = self.alpha * teacher.patch_global_mean.float() + (1 - self.alpha) * other
+            patch_mean = group_means(teacher.patch_global, valid_global)  # (2, B, K), zeros where no point is valid
+            blend_g = self.alpha * patch_mean + (1 - self.alpha) * other
             blend_g = torch.where(valid_global.any(-1, keepdim=True), blend_g, other)  # no valid point: cls alone
             blend_l = None
             if self.n_local:
@@ -160,11 +160,11 @@ class UDILoss(nn.Module):
         terms["loss"] = sum(terms.values()) / len(terms)
 
         if self.centering == "center":
-            self._update_centers(teacher, valid_global, valid_local, blend_g, blend_l)
+            self._update_centers(teacher, valid_local, blend_g, blend_l)
         return terms
 
     @torch.no_grad()
-    def _update_centers(self, teacher: TeacherLogits, valid_global, valid_local, blend_g, blend_l) -> None:
+    def _update_centers(self, teacher: TeacherLogits, valid_local, blend_g, blend_l) -> None:
         """Centres move after the loss, with the teacher outputs of this step."""
         update_center(self.center_cls, teacher.cls, self.center_momentum)
         if self.extra_token:

@@ -10,25 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from udi.losses.distill import group_means
 from udi.losses.udi import StudentLogits, TeacherLogits
 from udi.models.heads import DINOHead
 from udi.models.srs import SRSModule
 from udi.models.vit import VisionTransformer
-
-
-def group_means(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Means of the valid points of each group, from their rows alone.
-
-    rows: (P, C), the values at ``valid``'s True entries in row-major order (``x[valid]``);
-    valid: (..., S) bool -> (..., C), the mean over each group's valid points (zeros where
-    none is), summed in at least float32 (an index_add, which autocast leaves alone).
-    """
-    groups = valid.flatten(0, -2)  # (G, S)
-    dtype = torch.promote_types(rows.dtype, torch.float32)
-    index = groups.nonzero()[:, 0]  # the group of each row, in the order of x[valid]
-    sums = torch.zeros(len(groups), rows.shape[-1], dtype=dtype, device=rows.device).index_add_(0, index, rows.to(dtype))
-    counts = groups.sum(-1, keepdim=True).to(dtype).clamp(min=1.0)
-    return (sums / counts).unflatten(0, valid.shape[:-1])
 
 
 class UDINetwork(nn.Module):
@@ -121,8 +107,8 @@ class UDINetwork(nn.Module):
 
         Invalid points never enter the loss, so the head skips them: ``patch_global`` holds the
         logits of the valid global points only, (P, K) in ``valid_global``'s row-major order
-        (the student's ``patch`` rows), and ``patch_global_mean`` (2, B, K) their mean per
-        student view and image. Local points only ever enter the loss as such a mean (the
+        (the student's ``patch`` rows; the loss takes their mean per view and image itself).
+        Local points only ever enter the loss as such a mean (the
         [cls+] target of a local view and the patch centre), and the head's last layer is
         linear, so their normalised bottleneck vectors are averaged per (local j, teacher view
         v, image b) and the K-wide last layer runs once per average: ``patch_local_mean``
@@ -168,9 +154,7 @@ class UDINetwork(nn.Module):
         if n_local:
             local = logits_patch[sizes[0]:].unflatten(0, (2, -1, n_local))  # (2, B, L, K)
             patch_local_mean = local.permute(2, 0, 1, 3)  # (L, 2, B, K)
-        return TeacherLogits(cls=logits_cls, patch_global=patch_global,
-                             patch_global_mean=group_means(patch_global, valid_global),
-                             patch_local_mean=patch_local_mean)
+        return TeacherLogits(cls=logits_cls, patch_global=patch_global, patch_local_mean=patch_local_mean)
 
     def forward(self, role: str, *args):
         """``role`` is "student" or "teacher"; see forward_student / forward_teacher."""
