@@ -73,7 +73,8 @@ def peak_case(args: argparse.Namespace, result: dict, save) -> None:
     save()
     # The best of 3 runs of 50 products (~70 ms each on an H200): the first lets the clocks rise.
     runs, repeats = (3, 50) if device.type == "cuda" else (1, 3)
-    result["peak_tflops"] = round(max(matmul_peak_tflops(device, size, repeats) for _ in range(runs)), 1)
+    # 4 significant digits: a CPU without bf16 units manages a few GFLOP/s, which 1 decimal of TFLOP/s makes 0
+    result["peak_tflops"] = float(f"{max(matmul_peak_tflops(device, size, repeats) for _ in range(runs)):.4g}")
 
 
 def train_case(args: argparse.Namespace, method: str, compile_: bool, result: dict, save) -> None:
@@ -206,7 +207,7 @@ def bench_markdown(bench: dict) -> str:
     peak = bench.get("peak", {})
     lines = [
         f"Device: {peak.get('device_name', '?')}; torch {peak.get('torch', '?')} (CUDA {peak.get('cuda')}); "
-        f"measured bf16 matmul peak ({peak.get('matmul_size', '?')}^3): {fmt(peak.get('peak_tflops'))} TFLOP/s"
+        f"measured bf16 matmul peak ({peak.get('matmul_size', '?')}^3): {fmt(peak.get('peak_tflops'), '.4g')} TFLOP/s"
         + (f" ({peak['error']})" if "error" in peak else "") + ".",
         f"ViT-S/16, 2 x 224 + 10 x 96 px, K = 65536, bf16, batch {bench['batch']}; median of {bench['steps']} "
         f"steps after {bench['warmup']} warm-up steps"
