@@ -72,7 +72,7 @@ def autocast_context(device: torch.device, precision: str):
 def cpu_precision_warning(device: torch.device, precision: str) -> str | None:
     """Why ``train.precision`` would be slow here, or None: autocast to bf16 / fp16 on a CPU without
     native matrix units for it (oneDNN's check: AVX512-BF16 / AMX or AVX512-FP16) emulates the
-    matrix products (measured on an AVX2 CPU: a ViT-S/16 UDI step 17x slower than in fp32)."""
+    matrix products (measured on an AVX2 CPU: a ViT-S/16 training step 17x slower than in fp32)."""
     if device.type != "cpu" or precision == "fp32":
         return None
     supported = (torch.ops.mkldnn._is_mkldnn_bf16_supported if precision == "bf16"
