@@ -1,5 +1,6 @@
 """train.precision on a CPU: a warning where autocast would emulate the matrix products."""
 
+import types
 import warnings
 
 import pytest
@@ -34,3 +35,12 @@ def test_trainer_warns_but_keeps_the_precision(monkeypatch, tmp_path, tiny_cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Trainer(tiny_cfg("train.precision=bf16"), tmp_path / "native")
+
+
+def test_a_torch_without_the_onednn_check_warns(monkeypatch):
+    def missing():
+        raise RuntimeError("No such operator mkldnn::_is_mkldnn_bf16_supported")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", missing)
+    assert "train.precision=bf16" in cpu_precision_warning(CPU, "bf16")
+    monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace())  # no such op at all: the lookup fails
+    assert "train.precision=bf16" in cpu_precision_warning(CPU, "bf16")

@@ -75,10 +75,9 @@ def cpu_precision_warning(device: torch.device, precision: str) -> str | None:
     matrix products (measured on an AVX2 CPU: a ViT-S/16 training step 17x slower than in fp32)."""
     if device.type != "cpu" or precision == "fp32":
         return None
-    supported = (torch.ops.mkldnn._is_mkldnn_bf16_supported if precision == "bf16"
-                 else torch.ops.mkldnn._is_mkldnn_fp16_supported)
-    try:
-        if supported():
+    check = "_is_mkldnn_bf16_supported" if precision == "bf16" else "_is_mkldnn_fp16_supported"
+    try:  # looking the op up fails too where torch was built without oneDNN
+        if getattr(torch.ops.mkldnn, check)():
             return None
     except (AttributeError, RuntimeError):  # a torch built without oneDNN: no native kernels either
         pass
