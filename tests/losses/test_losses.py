@@ -215,6 +215,32 @@ def test_update_center_weighted_and_empty():
     assert center.tolist() == [[0.5, 1.0]]  # no valid entry: unchanged
 
 
+def test_update_center_rounds_as_the_in_place_update_did():
+    """The update is chosen on the device now; its numbers are those of ``c.mul_(m).add_(mean, alpha=1-m)``."""
+    g = torch.Generator().manual_seed(1)
+    center, rows = torch.randn(1, 4099, generator=g), 5 * torch.randn(37, 4099, generator=g)
+    weights = (torch.rand(37, generator=g) > 0.3).float()
+    expected = center.clone().mul_(0.9).add_((weights @ rows / weights.sum())[None], alpha=0.1)
+    update_center(center, rows, 0.9, weights)
+    assert torch.equal(center, expected)
+
+
+@pytest.mark.cuda
+def test_update_center_does_not_wait_for_the_gpu():
+    """No host-device synchronisation (the step goes on queueing work), with and without valid rows."""
+    center = torch.zeros(1, 8, device="cuda")
+    rows, weights = torch.randn(5, 8, device="cuda"), torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        update_center(center, rows, 0.5, weights)
+        update_center(center, rows, 0.5, torch.zeros(5, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = 0.5 * (rows[0] + rows[2]) / 2
+    torch.testing.assert_close(center[0], expected)
+
+
 def test_update_center_of_parts_equals_update_of_their_concatenation():
     g = torch.Generator().manual_seed(0)
     parts = [torch.randn(3, 4, generator=g), torch.randn(0, 4), torch.randn(2, 4, generator=g)]

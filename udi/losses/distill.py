@@ -115,6 +115,8 @@ def update_center(
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     total_weight = total[-1]
-    if total_weight <= 0:
-        return  # no valid entry anywhere this step: keep the centre
-    center.mul_(momentum).add_(total[None, :-1] / total_weight, alpha=1.0 - momentum)
+    # No valid entry anywhere this step keeps the centre. Chosen on the device (no `if` on a
+    # tensor), so that a GPU step does not wait here for the host to read the weight.
+    mean = total[None, :-1] / total_weight.clamp(min=torch.finfo(total.dtype).tiny)
+    updated = torch.add(center * momentum, mean, alpha=1.0 - momentum)  # as mul_ then add_ rounded it
+    center.copy_(torch.where(total_weight > 0, updated, center))
