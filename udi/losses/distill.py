@@ -115,8 +115,8 @@ def update_center(
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     total_weight = total[-1]
-    # No valid entry anywhere this step keeps the centre. Chosen on the device (no `if` on a
-    # tensor), so that a GPU step does not wait here for the host to read the weight.
+    # No valid entry anywhere this step keeps the centre. Chosen on the device: an `if` on the
+    # weight would make the host stop here until a GPU had computed it.
     mean = total[None, :-1] / total_weight.clamp(min=torch.finfo(total.dtype).tiny)
     updated = torch.add(center * momentum, mean, alpha=1.0 - momentum)  # as mul_ then add_ rounded it
     center.copy_(torch.where(total_weight > 0, updated, center))
